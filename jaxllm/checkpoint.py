@@ -1,0 +1,131 @@
+"""Checkpoints with Orbax, and run directories that the CLI trains into and samples from.
+
+Orbax writes each checkpoint into a temporary folder and renames it into place only when every
+file is on disk, so a run killed mid-save leaves the previous checkpoint as the latest one.
+Besides the arrays (parameters, optimizer state, step) a checkpoint stores JSON metadata: the
+configs, the data position and the metrics history, which is what an exact resume needs.
+
+A run directory looks like::
+
+    run/
+      run.json          model and training configs, preset, tokenizer file name
+      tokenizer.json    the tokenizer the model was trained with
+      checkpoints/      Orbax checkpoints, one folder per saved step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from .config import ModelConfig, TrainConfig
+
+RUN_FILE = "run.json"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+    """Save and restore training states in ``directory`` (keeps the ``max_to_keep`` newest)."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2,
+                 create: bool = True):
+        directory = os.path.abspath(os.fspath(directory))
+        if not create and not os.path.isdir(directory):
+            raise ValueError(f"checkpoint directory must exist, got {directory!r}")
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ValueError(f"directory must be a folder, got the file {directory!r}")
+        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be a positive int, got {max_to_keep!r}")
+        self.directory = directory
+        self._manager = ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                                 enable_async_checkpointing=False),
+        )
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Write ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """The state (with the structure, shapes and dtypes of ``abstract_state``) and the
+        metadata of checkpoint ``step`` (default: the latest)."""
+        steps = self.all_steps()
+        if not steps:
+            raise ValueError(f"directory holds no checkpoint: {self.directory!r}")
+        if step is None:
+            step = max(steps)
+        elif step not in steps:
+            raise ValueError(f"step must be one of the saved steps {sorted(steps)}, got {step}")
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return out["state"], dict(out["meta"])
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_run_info(run_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                   tokenizer: Any, **extra: Any) -> None:
+    """Write ``run.json`` and ``tokenizer.json`` into ``run_dir`` (created if missing)."""
+    run_dir = os.fspath(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    tokenizer.save(os.path.join(run_dir, TOKENIZER_FILE))
+    info = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
+            "tokenizer": TOKENIZER_FILE, **extra}
+    _write_json_atomic(os.path.join(run_dir, RUN_FILE), info)
+
+
+def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
+    path = os.path.join(os.fspath(run_dir), RUN_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"run_dir must be a folder written by `jaxllm train` (with {RUN_FILE}), "
+            f"got {os.fspath(run_dir)!r}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_run(run_dir: str | os.PathLike, step: int | None = None):
+    """The trained model, its tokenizer and its run info from a run directory."""
+    from .model import GPT
+    from .tokenizer import load_tokenizer
+
+    run_dir = os.fspath(run_dir)
+    info = read_run_info(run_dir)
+    model_cfg = ModelConfig.from_dict(info["model"])
+    abstract = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract)
+    ckpt = Checkpointer(os.path.join(run_dir, CHECKPOINT_DIR), create=False)
+    # The saved tree is a TrainState; rebuild its abstract structure from the configs.
+    from .train import TrainState, make_optimizer
+
+    tx = make_optimizer(TrainConfig.from_dict(info["train"]))
+    abstract_state = jax.eval_shape(
+        lambda: TrainState(jax.numpy.zeros((), jax.numpy.int32), abstract_params,
+                           tx.init(abstract_params)))
+    state, _ = ckpt.restore(abstract_state, step)
+    params = state.params
+    model = nnx.merge(graphdef, params)
+    tokenizer = load_tokenizer(os.path.join(run_dir, info.get("tokenizer", TOKENIZER_FILE)))
+    return model, tokenizer, info

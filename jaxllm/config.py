@@ -1,0 +1,281 @@
+"""Model and training settings as frozen dataclasses, plus named presets.
+
+Everything here is plain Python: nothing is allocated and nothing imports JAX at module level,
+so a config can be built, validated and compared anywhere. The presets range from a toy that
+trains in seconds to the published shapes of GPT-2, GPT-3 and LLaMA 2 (those are only ever
+used for counting parameters with :func:`jax.eval_shape`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MlpKind = Literal["gelu", "swiglu"]
+NormKind = Literal["layernorm", "rmsnorm"]
+PositionKind = Literal["learned", "rope"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+_MLP_KINDS = ("gelu", "swiglu")
+_NORM_KINDS = ("layernorm", "rmsnorm")
+_POSITION_KINDS = ("learned", "rope")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high or value != value:  # the last catches NaN
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a decoder-only transformer.
+
+    ``n_kv_head`` below ``n_head`` gives grouped-query attention (LLaMA 2 70B); ``d_mlp``
+    defaults to ``4 * d_model``. ``dtype`` is the compute dtype (``bfloat16`` for mixed
+    precision); parameters are always stored in ``param_dtype``.
+    """
+
+    vocab_size: int = 65
+    context_length: int = 64
+    n_layer: int = 2
+    n_head: int = 2
+    d_model: int = 64
+    n_kv_head: int | None = None
+    d_mlp: int | None = None
+    mlp: MlpKind = "gelu"
+    norm: NormKind = "layernorm"
+    positions: PositionKind = "learned"
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+    dtype: DType = "float32"
+    param_dtype: DType = "float32"
+    remat: bool = False
+    scan_layers: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("vocab_size", self.vocab_size, 1)
+        _check_int("context_length", self.context_length, 1)
+        _check_int("n_layer", self.n_layer, 1)
+        _check_int("n_head", self.n_head, 1)
+        _check_int("d_model", self.d_model, 1)
+        if self.n_kv_head is not None:
+            _check_int("n_kv_head", self.n_kv_head, 1)
+            if self.n_head % self.n_kv_head:
+                raise ValueError(
+                    f"n_kv_head must divide n_head={self.n_head}, got {self.n_kv_head}")
+        if self.d_mlp is not None:
+            _check_int("d_mlp", self.d_mlp, 1)
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model must be divisible by n_head={self.n_head}, got {self.d_model}")
+        _check_choice("mlp", self.mlp, _MLP_KINDS)
+        _check_choice("norm", self.norm, _NORM_KINDS)
+        _check_choice("positions", self.positions, _POSITION_KINDS)
+        _check_choice("dtype", self.dtype, _DTYPES)
+        _check_choice("param_dtype", self.param_dtype, _DTYPES)
+        _check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        _check_float("norm_eps", self.norm_eps, 0.0, 1.0, low_open=True)
+        _check_float("init_std", self.init_std, 0.0, 10.0, low_open=True)
+        _check_float("rope_theta", self.rope_theta, 1.0, 1e12)
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"positions='rope' needs an even head_dim, got {self.head_dim}")
+        for name in ("bias", "tie_embeddings", "remat", "scan_layers"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def mlp_width(self) -> int:
+        return 4 * self.d_model if self.d_mlp is None else self.d_mlp
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        _check_fields(ModelConfig, changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        _check_fields(cls, d)
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping for :func:`jaxllm.train.fit`.
+
+    The learning rate warms up linearly from 0 to ``learning_rate`` over ``warmup_steps`` and
+    then follows a cosine down to ``min_learning_rate`` at ``steps`` (Optax's
+    ``warmup_cosine_decay_schedule``).
+    """
+
+    steps: int = 200
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 10
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("steps", self.steps, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        _check_int("eval_interval", self.eval_interval, 1)
+        _check_int("eval_batches", self.eval_batches, 1)
+        _check_int("seed", self.seed, 0)
+        if self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps must be < steps={self.steps}, got {self.warmup_steps}")
+        _check_float("learning_rate", self.learning_rate, 0.0, 10.0, low_open=True)
+        _check_float("min_learning_rate", self.min_learning_rate, 0.0, self.learning_rate)
+        _check_float("weight_decay", self.weight_decay, 0.0, 10.0)
+        _check_float("beta1", self.beta1, 0.0, 1.0, high_open=True)
+        _check_float("beta2", self.beta2, 0.0, 1.0, high_open=True)
+        _check_float("grad_clip", self.grad_clip, 0.0, 1e9, low_open=True)
+        _check_float("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        _check_fields(TrainConfig, changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        _check_fields(cls, d)
+        return cls(**d)
+
+
+def _check_fields(cls: type, d: Mapping[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(names))}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model shape, with training settings where the preset is meant to be trained."""
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig | None = None
+    description: str = ""
+    published_params: int | None = None
+    tokenizer: str = "char"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+_GPT2_VOCAB = 50257
+_LLAMA_VOCAB = 32000
+
+
+def _gpt(n_layer: int, n_head: int, d_model: int, context_length: int) -> ModelConfig:
+    return ModelConfig(vocab_size=_GPT2_VOCAB, context_length=context_length, n_layer=n_layer,
+                       n_head=n_head, d_model=d_model, mlp="gelu", norm="layernorm",
+                       positions="learned", bias=True, tie_embeddings=True, norm_eps=1e-5)
+
+
+def _llama(n_layer: int, n_head: int, d_model: int, d_mlp: int,
+           n_kv_head: int | None = None) -> ModelConfig:
+    return ModelConfig(vocab_size=_LLAMA_VOCAB, context_length=4096, n_layer=n_layer,
+                       n_head=n_head, n_kv_head=n_kv_head, d_model=d_model, d_mlp=d_mlp,
+                       mlp="swiglu", norm="rmsnorm", positions="rope", bias=False,
+                       tie_embeddings=False, norm_eps=1e-5)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "tiny",
+            ModelConfig(vocab_size=65, context_length=32, n_layer=2, n_head=2, d_model=32),
+            TrainConfig(steps=60, batch_size=8, learning_rate=3e-3, min_learning_rate=3e-4,
+                        warmup_steps=5, eval_interval=20, eval_batches=2),
+            "A toy for tests and quick checks: trains in seconds.",
+        ),
+        Preset(
+            "shakespeare-char",
+            ModelConfig(vocab_size=65, context_length=128, n_layer=4, n_head=4, d_model=192,
+                        dropout=0.0),
+            TrainConfig(steps=3000, batch_size=24, learning_rate=2e-3, min_learning_rate=2e-4,
+                        warmup_steps=100, weight_decay=0.1, beta2=0.99, eval_interval=250,
+                        eval_batches=20),
+            "Character-level model of the bundled Shakespeare corpus, sized to train on a "
+            "2-core CPU in under 15 minutes.",
+        ),
+        Preset("gpt2", _gpt(12, 12, 768, 1024), None, "GPT-2 small (124M).",
+               published_params=124_439_808, tokenizer="gpt2"),
+        Preset("gpt2-xl", _gpt(48, 25, 1600, 1024), None, "GPT-2 XL (1.5B).",
+               published_params=1_557_611_200, tokenizer="gpt2"),
+        Preset("gpt3", _gpt(96, 96, 12288, 2048), None, "GPT-3 175B (Brown et al., 2020).",
+               published_params=175_000_000_000, tokenizer="gpt2",
+               notes=("GPT-3 alternates dense and locally banded sparse attention; that "
+                      "changes no parameter count.",)),
+        Preset("llama2-7b", _llama(32, 32, 4096, 11008), None, "LLaMA 2 7B.",
+               published_params=6_738_415_616, tokenizer="llama"),
+        Preset("llama2-70b", _llama(80, 64, 8192, 28672, n_kv_head=8), None,
+               "LLaMA 2 70B (grouped-query attention, 8 key/value heads).",
+               published_params=68_976_648_192, tokenizer="llama"),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name`` (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    return PRESETS[name]
+
+
+def save_json(path: str, **configs: ModelConfig | TrainConfig | Mapping[str, Any]) -> None:
+    """Write configs (dataclasses or plain dicts) as one JSON object, keyed by name."""
+    out = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in configs.items()}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=2, sort_keys=True)

@@ -1,0 +1,340 @@
+"""A GPT in Flax NNX: embeddings, causal (grouped-query) self-attention, MLP, pre-norm blocks.
+
+One module serves training, evaluation, plotting and decoding:
+
+* ``model(tokens)`` gives next-token logits for every position (training, evaluation);
+* ``model(tokens, return_attention=True)`` also gives each layer's attention weights;
+* ``model(tokens, cache=cache, cache_index=i, positions=p, valid=v)`` runs a step of decoding
+  against a fixed-size key/value cache (see :func:`init_cache`) and returns the updated cache.
+
+The cache is a plain dict of arrays, ``{"k": [L, B, S, KV, hd], "v": ...}``, so it travels
+through ``jax.jit`` and ``lax.while_loop`` like any other pytree. Causality is decided by
+*slot* (the index in the cache), padding by the ``valid`` mask, and token positions by
+``positions``, which lets one compiled decode loop serve a batch of prompts of different
+lengths (left-padded).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import ModelConfig
+
+Array = jax.Array
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str) -> Any:
+    return _DTYPES[name]
+
+
+def causal_mask(length: int) -> Array:
+    """Boolean ``[length, length]`` mask: entry ``[t, s]`` is True when position ``t`` may
+    attend to position ``s``, i.e. when ``s <= t``."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    return jnp.tril(jnp.ones((length, length), dtype=bool))
+
+
+def rope_tables(positions: Array, head_dim: int, theta: float) -> tuple[Array, Array]:
+    """cos and sin tables ``[..., head_dim // 2]`` for rotary position embeddings."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate pairs of features of ``x`` ``[B, T, heads, hd]`` by position-dependent angles.
+
+    Uses the "rotate half" layout (first half / second half of each head's features), as in
+    the GPT-NeoX and LLaMA implementations.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, ``[L, B, S, KV, hd]`` each."""
+
+    k: Array
+    v: Array
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, length: int | None = None) -> KVCache:
+    """An empty (all-zero) cache for ``batch_size`` sequences of up to ``length`` slots."""
+    length = cfg.context_length if length is None else length
+    if length < 1 or length > cfg.context_length:
+        raise ValueError(
+            f"length must be in [1, context_length={cfg.context_length}], got {length}")
+    shape = (cfg.n_layer, batch_size, length, cfg.kv_heads, cfg.head_dim)
+    dtype = dtype_of(cfg.dtype)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _normal(std: float) -> nnx.Initializer:
+    return nnx.initializers.normal(stddev=std)
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+    kw = dict(epsilon=cfg.norm_eps, dtype=dtype_of(cfg.dtype),
+              param_dtype=dtype_of(cfg.param_dtype), rngs=rngs)
+    if cfg.norm == "rmsnorm":
+        return nnx.RMSNorm(cfg.d_model, **kw)
+    return nnx.LayerNorm(cfg.d_model, use_bias=cfg.bias, **kw)
+
+
+def _linear(cfg: ModelConfig, n_in: int, n_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, use_bias=cfg.bias, kernel_init=_normal(std),
+                      dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
+                      rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Causal multi-head self-attention with ``n_kv_head`` key/value heads (GQA when fewer
+    than ``n_head``). Queries, keys and values come from one fused projection."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.n_head, self.n_kv, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.rope = cfg.positions == "rope"
+        self.rope_theta = cfg.rope_theta
+        width = (self.n_head + 2 * self.n_kv) * self.head_dim
+        self.qkv = _linear(cfg, cfg.d_model, width, cfg.init_std, rngs)
+        self.proj = _linear(cfg, self.n_head * self.head_dim, cfg.d_model,
+                            cfg.init_std / math.sqrt(2 * cfg.n_layer), rngs)
+        self.dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x: Array, positions: Array, mask: Array,
+                 cache: tuple[Array, Array] | None = None, cache_index: Array | int = 0,
+                 dropout_key: Array | None = None, return_attention: bool = False):
+        B, T, _ = x.shape
+        H, KV, hd = self.n_head, self.n_kv, self.head_dim
+        qkv = self.qkv(x)
+        q = qkv[..., : H * hd].reshape(B, T, H, hd)
+        k = qkv[..., H * hd: (H + KV) * hd].reshape(B, T, KV, hd)
+        v = qkv[..., (H + KV) * hd:].reshape(B, T, KV, hd)
+        if self.rope:
+            cos, sin = rope_tables(positions, hd, self.rope_theta)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        new_cache = None
+        if cache is not None:
+            zero = jnp.zeros((), jnp.int32)
+            start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), start)
+            new_cache = (k, v)
+        S = k.shape[1]
+        G = H // KV
+        q = q.reshape(B, T, KV, G, hd) * (1.0 / math.sqrt(hd))
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+        if dropout_key is not None:
+            weights = self.dropout(weights, deterministic=False,
+                                   rngs=jax.random.fold_in(dropout_key, 0))
+        out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v)
+        out = self.proj(out.reshape(B, T, H * hd))
+        attn = weights.reshape(B, H, T, S) if return_attention else None
+        return out, new_cache, attn
+
+
+class MLP(nnx.Module):
+    """Position-wise feed-forward network: GELU (GPT-2) or SwiGLU (LLaMA)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.kind = cfg.mlp
+        width = cfg.mlp_width * (2 if cfg.mlp == "swiglu" else 1)
+        self.fc = _linear(cfg, cfg.d_model, width, cfg.init_std, rngs)
+        self.proj = _linear(cfg, cfg.mlp_width, cfg.d_model,
+                            cfg.init_std / math.sqrt(2 * cfg.n_layer), rngs)
+
+    def __call__(self, x: Array) -> Array:
+        h = self.fc(x)
+        if self.kind == "swiglu":
+            gate, up = jnp.split(h, 2, axis=-1)
+            h = jax.nn.silu(gate) * up
+        else:
+            h = jax.nn.gelu(h, approximate=True)
+        return self.proj(h)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.norm1 = _norm(cfg, rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.norm2 = _norm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x, positions, mask, cache=None, cache_index=0, dropout_key=None,
+                 return_attention=False):
+        h, new_cache, attn = self.attn(self.norm1(x), positions, mask, cache, cache_index,
+                                       dropout_key, return_attention)
+        if dropout_key is not None:
+            h = self.dropout(h, deterministic=False, rngs=jax.random.fold_in(dropout_key, 1))
+        x = x + h
+        h = self.mlp(self.norm2(x))
+        if dropout_key is not None:
+            h = self.dropout(h, deterministic=False, rngs=jax.random.fold_in(dropout_key, 2))
+        return x + h, new_cache, attn
+
+
+class GPT(nnx.Module):
+    """Decoder-only transformer language model.
+
+    Parameters are created from ``rngs`` (``nnx.Rngs(seed)`` or ``nnx.Rngs(params=key)``).
+    With ``cfg.scan_layers`` the blocks are stored stacked (a leading layer axis) and applied
+    with ``lax.scan``, which keeps compile time flat in depth; with ``cfg.remat`` each block's
+    activations are recomputed in the backward pass instead of stored.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pdt, cdt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
+        self.wte = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_normal(cfg.init_std),
+                             dtype=cdt, param_dtype=pdt, rngs=rngs)
+        if cfg.positions == "learned":
+            self.wpe = nnx.Embed(cfg.context_length, cfg.d_model,
+                                 embedding_init=_normal(cfg.init_std), dtype=cdt,
+                                 param_dtype=pdt, rngs=rngs)
+        self.drop = nnx.Dropout(cfg.dropout)
+        if cfg.scan_layers:
+            keys = jax.random.split(rngs.params(), cfg.n_layer)
+            graphdef = nnx.graphdef(nnx.eval_shape(lambda: Block(cfg, rngs=nnx.Rngs(0))))
+            states = jax.vmap(lambda k: nnx.state(Block(cfg, rngs=nnx.Rngs(params=k))))(keys)
+            self.blocks = nnx.merge(graphdef, states)
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.norm_f = _norm(cfg, rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
+                                      kernel_init=_normal(cfg.init_std), dtype=cdt,
+                                      param_dtype=pdt, rngs=rngs)
+
+    def __call__(self, tokens: Array, *, positions: Array | None = None,
+                 valid: Array | None = None, cache: KVCache | None = None,
+                 cache_index: Array | int = 0, dropout_key: Array | None = None,
+                 return_attention: bool = False):
+        """Logits ``[B, T, vocab]`` for ``tokens`` ``[B, T]``.
+
+        Returns just the logits, or a tuple ``(logits, extras)`` when a cache is given or
+        attention is asked for; ``extras`` has ``"cache"`` and/or ``"attention"`` (a list of
+        ``[B, heads, T, S]`` arrays, one per layer).
+        """
+        cfg = self.cfg
+        B, T = tokens.shape
+        S = T if cache is None else cache.k.shape[2]
+        if cache is None and T > cfg.context_length:
+            raise ValueError(
+                f"tokens has length {T}, more than context_length={cfg.context_length}")
+        q_slots = jnp.asarray(cache_index, jnp.int32) + jnp.arange(T, dtype=jnp.int32)
+        mask = jnp.arange(S, dtype=jnp.int32)[None, :] <= q_slots[:, None]  # [T, S]
+        mask = jnp.broadcast_to(mask[None], (B, T, S))
+        if valid is not None:
+            mask = mask & valid[:, None, :].astype(bool)
+        if positions is None:
+            positions = jnp.broadcast_to(q_slots[None, :], (B, T))
+        x = self.wte(tokens)
+        if cfg.positions == "learned":
+            x = x + self.wpe(positions)
+        if dropout_key is not None:
+            x = self.drop(x, deterministic=False, rngs=jax.random.fold_in(dropout_key, -1))
+
+        layer_keys = (None if dropout_key is None
+                      else jax.random.split(jax.random.fold_in(dropout_key, 7), cfg.n_layer))
+        x, new_cache, attn = self._blocks(x, positions, mask, cache, cache_index, layer_keys,
+                                          return_attention)
+        x = self.norm_f(x)
+        logits = self.wte.attend(x) if cfg.tie_embeddings else self.lm_head(x)
+        if cache is None and not return_attention:
+            return logits
+        extras: dict[str, Any] = {}
+        if cache is not None:
+            extras["cache"] = new_cache
+        if return_attention:
+            extras["attention"] = attn
+        return logits, extras
+
+    def _blocks(self, x, positions, mask, cache, cache_index, layer_keys, return_attention):
+        cfg = self.cfg
+
+        def run(block, x, layer_cache, key):
+            return block(x, positions, mask, layer_cache, cache_index, key, return_attention)
+
+        if cfg.scan_layers:
+            graphdef, state = nnx.split(self.blocks)
+
+            def body(x, xs):
+                layer_state, layer_cache, key = xs
+                block = nnx.merge(graphdef, layer_state)
+                y, c, a = run(block, x, layer_cache, key)
+                return y, (c, a)
+
+            if cfg.remat:
+                body = jax.checkpoint(body)
+            xs = (state, None if cache is None else (cache.k, cache.v), layer_keys)
+            x, (caches, attn) = jax.lax.scan(body, x, xs)
+            new_cache = None if cache is None else KVCache(*caches)
+            attn = None if attn is None else list(attn)
+            return x, new_cache, attn
+
+        ks, vs, attns = [], [], []
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            key = None if layer_keys is None else layer_keys[i]
+            if cfg.remat:
+                graphdef, state = nnx.split(block)
+
+                def fn(state, x, layer_cache, key, graphdef=graphdef):
+                    return run(nnx.merge(graphdef, state), x, layer_cache, key)
+
+                x, c, a = jax.checkpoint(fn)(state, x, layer_cache, key)
+            else:
+                x, c, a = run(block, x, layer_cache, key)
+            if c is not None:
+                ks.append(c[0])
+                vs.append(c[1])
+            attns.append(a)
+        new_cache = KVCache(jnp.stack(ks), jnp.stack(vs)) if cache is not None else None
+        return x, new_cache, (attns if return_attention else None)
+
+
+def count_params(cfg_or_preset: ModelConfig | str) -> int:
+    """Number of parameters of a model, computed with ``jax.eval_shape`` (nothing allocated).
+
+    Accepts a :class:`ModelConfig` or a preset name such as ``"gpt2"`` or ``"llama2-70b"``.
+    """
+    if isinstance(cfg_or_preset, str):
+        from .config import get_preset
+
+        cfg = get_preset(cfg_or_preset).model
+    elif isinstance(cfg_or_preset, ModelConfig):
+        cfg = cfg_or_preset
+    else:
+        raise TypeError(
+            f"cfg_or_preset must be a ModelConfig or a preset name, got {cfg_or_preset!r}")
+    # Stacked (scanned) layers have the same parameters and trace one block instead of L.
+    stacked = cfg.replace(scan_layers=True)
+    shapes = jax.eval_shape(lambda: nnx.state(GPT(stacked, rngs=nnx.Rngs(0)), nnx.Param))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+
+
+def flops_per_token(cfg: ModelConfig, context: int | None = None) -> float:
+    """Training FLOPs per token (forward and backward), the PaLM paper's ``6N + 12 L T d``
+    with N the non-embedding parameters, plus the LM head's matmul."""
+    T = cfg.context_length if context is None else context
+    d, L = cfg.d_model, cfg.n_layer
+    attn = d * (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim + cfg.n_head * cfg.head_dim * d
+    mlp = d * cfg.mlp_width * (3 if cfg.mlp == "swiglu" else 2)
+    n = L * (attn + mlp)
+    return 6.0 * (n + d * cfg.vocab_size) + 6.0 * L * T * d

@@ -1,0 +1,258 @@
+"""Sampling: temperature, top-k and top-p, and a compiled decode loop with a KV cache.
+
+:func:`generate` compiles the *whole* loop (prefill of the prompts, then one token per
+iteration of a ``lax.while_loop``) into one XLA program. Per-call settings that are numbers
+(temperature, top-k, top-p, the seed) are traced values, so changing them does not compile
+again; shapes are static, and prompt lengths are rounded up to a multiple of
+``PROMPT_BUCKET`` so that prompts of similar length share one compiled program.
+
+Prompts of different lengths are left-padded; the model sees padding as masked slots and
+gets positions that count only real tokens, so each row is decoded exactly as it would be
+alone. When a sequence reaches the context length, the cache is rebuilt from the last
+``WINDOW_KEEP`` (three quarters) of the context and decoding continues (a sliding window
+with an amortised re-prefill, rather than recomputing the context at every token).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .model import GPT, init_cache
+
+PROMPT_BUCKET = 16
+WINDOW_KEEP = 0.75
+
+LogitsHook = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+# -- distributions ------------------------------------------------------------------------
+
+def softmax_with_temperature(logits: jax.Array, temperature: float) -> jax.Array:
+    """Probabilities ``softmax(logits / temperature)`` over the last axis.
+
+    Temperature 0 is the limit of this as the temperature goes to zero: all mass on the
+    largest logit (the first one, if several are equal).
+    """
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
+            temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    logits = jnp.asarray(logits, jnp.float32)
+    if temperature == 0:
+        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1])
+    return jax.nn.softmax(logits / temperature, axis=-1)
+
+
+def top_k_filter(logits: jax.Array, k: int | jax.Array) -> jax.Array:
+    """Keep the ``k`` largest logits of each row (ties at the threshold are kept too) and set
+    the rest to ``-inf``. ``k <= 0`` keeps everything."""
+    logits = jnp.asarray(logits, jnp.float32)
+    V = logits.shape[-1]
+    k = jnp.asarray(k, jnp.int32)
+    kth = jnp.take_along_axis(jnp.sort(logits, axis=-1),
+                              jnp.broadcast_to(jnp.clip(V - k, 0, V - 1), logits.shape[:-1])[
+                                  ..., None], axis=-1)
+    return jnp.where((k > 0) & (logits < kth), -jnp.inf, logits)
+
+
+def top_p_filter(logits: jax.Array, p: float | jax.Array) -> jax.Array:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose probabilities
+    sum to at least ``p`` (always at least the most likely one; ties at the threshold are
+    kept), set the rest to ``-inf``. ``p >= 1`` keeps everything."""
+    logits = jnp.asarray(logits, jnp.float32)
+    order = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(order, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
+    n_keep = jnp.maximum(jnp.sum(before < p, axis=-1), 1)
+    cutoff = jnp.take_along_axis(order, (n_keep - 1)[..., None], axis=-1)
+    return jnp.where((p < 1.0) & (logits < cutoff), -jnp.inf, logits)
+
+
+def sample_logits(key: jax.Array, logits: jax.Array, temperature: float | jax.Array = 1.0,
+                  top_k: int | jax.Array = 0, top_p: float | jax.Array = 1.0) -> jax.Array:
+    """Draw one token id per row of ``logits`` ``[..., V]``.
+
+    The logits are divided by the temperature, then filtered by top-k, then by top-p (on the
+    tempered distribution); temperature 0 returns the argmax. All three settings may be
+    traced values. ``top_k=0`` and ``top_p=1`` switch those filters off.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+    scaled = top_p_filter(top_k_filter(scaled, top_k), top_p)
+    sampled = jax.random.categorical(key, scaled, axis=-1)
+    return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+
+
+# -- the decode loop ----------------------------------------------------------------------
+
+def _positions(valid: jax.Array) -> jax.Array:
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "cache_len", "hook"))
+def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top_p,
+            stop_token, *, max_new_tokens: int, cache_len: int, hook: LogitsHook | None):
+    model = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    B, P = prompt.shape
+    N = max_new_tokens
+    S = cache_len
+    keep = max(1, min(S - 1, int(S * WINDOW_KEEP)))
+
+    buf = jnp.concatenate([prompt, jnp.zeros((B, N), jnp.int32)], axis=1)
+    buf_valid = jnp.concatenate([prompt_valid, jnp.zeros((B, N), bool)], axis=1)
+
+    cache = init_cache(cfg, B, S)
+    cache_valid = jnp.zeros((B, S), bool).at[:, :P].set(prompt_valid)
+    logits, extras = model(prompt, positions=_positions(prompt_valid), valid=cache_valid,
+                           cache=cache, cache_index=0)
+    carry = dict(buf=buf, buf_valid=buf_valid, cache=extras["cache"], cache_valid=cache_valid,
+                 slot=jnp.int32(P), pos=jnp.sum(prompt_valid, axis=1).astype(jnp.int32),
+                 logits=logits[:, -1].astype(jnp.float32), t=jnp.int32(0),
+                 done=jnp.zeros((B,), bool), key=key)
+
+    def cond(c):
+        return (c["t"] < N) & ~jnp.all(c["done"])
+
+    def body(c):
+        key, sub = jax.random.split(c["key"])
+        logits = c["logits"]
+        if hook is not None:
+            logits = hook(logits, c["buf"], P + c["t"])
+        tok = sample_logits(sub, logits, temperature, top_k, top_p)
+        tok = jnp.where(c["done"], 0, tok)
+        idx = P + c["t"]
+        buf = jax.lax.dynamic_update_slice(c["buf"], tok[:, None], (0, idx))
+        buf_valid = jax.lax.dynamic_update_slice(c["buf_valid"], ~c["done"][:, None], (0, idx))
+        done = c["done"] | (tok == stop_token)
+
+        def step(_):
+            cache_valid = jax.lax.dynamic_update_slice(c["cache_valid"], ~c["done"][:, None],
+                                                       (0, c["slot"]))
+            lg, ex = model(tok[:, None], positions=c["pos"][:, None], valid=cache_valid,
+                           cache=c["cache"], cache_index=c["slot"])
+            return lg[:, -1].astype(jnp.float32), ex["cache"], cache_valid, c["slot"] + 1, \
+                c["pos"] + (~c["done"]).astype(jnp.int32)
+
+        def shift(_):
+            # The cache is full: rebuild it from the last `keep` tokens (this one included).
+            window = jax.lax.dynamic_slice(buf, (0, idx + 1 - keep), (B, keep))
+            wvalid = jax.lax.dynamic_slice(buf_valid, (0, idx + 1 - keep), (B, keep))
+            cache_valid = jnp.zeros((B, S), bool).at[:, :keep].set(wvalid)
+            lg, ex = model(window, positions=_positions(wvalid), valid=cache_valid,
+                           cache=init_cache(cfg, B, S), cache_index=0)
+            return lg[:, -1].astype(jnp.float32), ex["cache"], cache_valid, jnp.int32(keep), \
+                jnp.sum(wvalid, axis=1).astype(jnp.int32)
+
+        logits, cache, cache_valid, slot, pos = jax.lax.cond(c["slot"] < S, step, shift, None)
+        return dict(buf=buf, buf_valid=buf_valid, cache=cache, cache_valid=cache_valid,
+                    slot=slot, pos=pos, logits=logits, t=c["t"] + 1, done=done, key=key)
+
+    c = jax.lax.while_loop(cond, body, carry)
+    return c["buf"][:, P:], c["buf_valid"][:, P:]
+
+
+def _check_prompts(prompts: Any, vocab_size: int, context_length: int) -> list[list[int]]:
+    if isinstance(prompts, np.ndarray | jax.Array):
+        prompts = np.asarray(prompts).tolist()
+    if not isinstance(prompts, Sequence) or isinstance(prompts, str) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of token-id lists, got {prompts!r}")
+    if all(isinstance(t, int | np.integer) for t in prompts):
+        prompts = [prompts]
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str) or not isinstance(p, Sequence) or len(p) == 0:
+            raise ValueError(f"prompts[{i}] must be a non-empty list of token ids, got {p!r}")
+        if len(p) > context_length:
+            raise ValueError(f"prompts[{i}] has {len(p)} tokens, more than the model's "
+                             f"context_length={context_length}")
+        bad = [t for t in p if isinstance(t, bool) or not isinstance(t, int | np.integer)
+               or not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"prompts[{i}] holds token ids outside [0, {vocab_size}): "
+                             f"{bad[:5]}")
+        out.append([int(t) for t in p])
+    return out
+
+
+def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
+             max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, stop_token: int | None = None, seed: int = 0,
+             key: jax.Array | None = None,
+             logits_hook: LogitsHook | None = None) -> list[list[int]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens.
+
+    ``prompts`` is a list of token-id lists (or one list). Returns the new tokens of each
+    prompt, cut before the first ``stop_token``. Randomness comes from ``key`` if given,
+    else from ``jax.random.key(seed)``. ``logits_hook(logits [B, V], tokens [B, P + N],
+    length)`` may edit the logits before each draw (``tokens[:, :length]`` are the prompt,
+    left-padded to ``P``, and the tokens generated so far); it must be a hashable function
+    (it is part of the compiled program).
+    """
+    cfg = model.cfg
+    prompts = _check_prompts(prompts, cfg.vocab_size, cfg.context_length)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
+            temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or not 1 <= top_k <= cfg.vocab_size):
+        raise ValueError(f"top_k must be None or an int in [1, vocab_size={cfg.vocab_size}], "
+                         f"got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if stop_token is not None and (isinstance(stop_token, bool)
+                                   or not isinstance(stop_token, int | np.integer)
+                                   or not 0 <= stop_token < cfg.vocab_size):
+        raise ValueError(f"stop_token must be None or a token id in [0, {cfg.vocab_size}), "
+                         f"got {stop_token!r}")
+    if key is None:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        key = jax.random.key(seed)
+    if logits_hook is not None and not callable(logits_hook):
+        raise ValueError(f"logits_hook must be callable, got {logits_hook!r}")
+
+    B = len(prompts)
+    longest = max(len(p) for p in prompts)
+    P = min(cfg.context_length, -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET)
+    tokens = np.zeros((B, P), np.int32)
+    valid = np.zeros((B, P), bool)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):] = p
+        valid[i, P - len(p):] = True
+    cache_len = min(cfg.context_length, P + max_new_tokens)
+    graphdef, params = nnx.split(model)
+    out, out_valid = _decode(
+        graphdef, params, jnp.asarray(tokens), jnp.asarray(valid), key,
+        jnp.float32(temperature), jnp.int32(top_k or 0), jnp.float32(top_p or 1.0),
+        jnp.int32(-1 if stop_token is None else stop_token),
+        max_new_tokens=max_new_tokens, cache_len=cache_len, hook=logits_hook)
+    out, out_valid = np.asarray(out), np.asarray(out_valid)
+    results = []
+    for row, ok in zip(out, out_valid, strict=True):
+        toks = row[ok].tolist()
+        if stop_token is not None and stop_token in toks:
+            toks = toks[: toks.index(stop_token)]
+        results.append(toks)
+    return results
+
+
+def generate_text(model: GPT, tokenizer: Any, prompt: str, max_new_tokens: int,
+                  **kwargs: Any) -> str:
+    """Encode ``prompt``, :func:`generate` a continuation and decode it (prompt excluded)."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    ids = tokenizer.encode(prompt)
+    return tokenizer.decode(generate(model, [ids], max_new_tokens, **kwargs)[0])

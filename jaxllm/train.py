@@ -1,0 +1,260 @@
+"""Training: one jit-compiled step, evaluation, and a ``fit`` loop with a metrics history.
+
+The model lives as Flax NNX state split into a static graph definition and a pytree of
+parameters. The train step is a pure function of ``(TrainState, batch)``, compiled once with
+``jax.jit`` and with the incoming state donated, so XLA updates parameters and optimizer
+moments in place. Optimisation is Optax: AdamW (decay on matrices and embeddings only),
+linear warmup then cosine decay, and global-norm gradient clipping.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from .config import ModelConfig, TrainConfig
+from .data import Batches
+from .model import GPT
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes: the step counter, parameters and optimizer state."""
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup from 0 to ``learning_rate``, then cosine decay to ``min_learning_rate``."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        decay_steps=cfg.steps, end_value=cfg.min_learning_rate)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Global-norm clipping followed by AdamW; weight decay applies to tensors of rank >= 2."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(learning_rate_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2,
+                    weight_decay=cfg.weight_decay,
+                    mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)),
+    )
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy in nats, computed in float32."""
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), targets).mean()
+
+
+def loss_fn(params: nnx.State, graphdef: nnx.GraphDef, x: jax.Array, y: jax.Array,
+            dropout_key: jax.Array | None = None) -> jax.Array:
+    model = nnx.merge(graphdef, params)
+    return cross_entropy(model(x, dropout_key=dropout_key), y)
+
+
+def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               dropout_seed: int | None, state: TrainState, x: jax.Array,
+               y: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step; pure, so it can be jitted (see :class:`Trainer`)."""
+    key = None
+    if dropout_seed is not None:
+        key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, graphdef, x, y, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def eval_step(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array,
+              y: jax.Array) -> jax.Array:
+    return loss_fn(params, graphdef, x, y)
+
+
+class Trainer:
+    """Holds a model's training state and the compiled functions that advance it.
+
+    >>> trainer = Trainer(model_cfg, train_cfg, train_tokens, val_tokens)
+    >>> history = trainer.fit()            # doctest: +SKIP
+    >>> model = trainer.model              # an nnx.Module with the current parameters
+    """
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 train_tokens: np.ndarray, val_tokens: np.ndarray | None = None,
+                 *, model: GPT | None = None):
+        if not isinstance(model_cfg, ModelConfig):
+            raise TypeError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+        if not isinstance(train_cfg, TrainConfig):
+            raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
+        train_tokens = np.asarray(train_tokens, np.int32)
+        for name, toks in (("train_tokens", train_tokens), ("val_tokens", val_tokens)):
+            if toks is None:
+                continue
+            toks = np.asarray(toks)
+            if toks.size and (toks.min() < 0 or toks.max() >= model_cfg.vocab_size):
+                raise ValueError(
+                    f"{name} must hold ids in [0, vocab_size={model_cfg.vocab_size}), got "
+                    f"values from {toks.min()} to {toks.max()}")
+        self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        T, B, seed = model_cfg.context_length, train_cfg.batch_size, train_cfg.seed
+        self.train_batches = Batches(train_tokens, B, T, seed)
+        self.eval_sets = {"train": Batches(train_tokens, B, T, seed + 1)}
+        if val_tokens is not None:
+            self.eval_sets["val"] = Batches(np.asarray(val_tokens, np.int32), B, T, seed + 2)
+
+        if model is None:
+            model = GPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
+        self.graphdef, params = nnx.split(model)
+        self.tx = make_optimizer(train_cfg)
+        self.schedule = learning_rate_schedule(train_cfg)
+        self.state = TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
+        dropout_seed = seed + 3 if model_cfg.dropout > 0 else None
+        self._train_step = jax.jit(partial(train_step, self.graphdef, self.tx, dropout_seed),
+                                   donate_argnums=0)
+        self._eval_step = jax.jit(partial(eval_step, self.graphdef))
+        self.history: dict[str, list[float]] = {
+            "step": [], "loss": [], "grad_norm": [], "lr": [],
+            "eval_step": [], **{f"{k}_loss": [] for k in self.eval_sets}}
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return int(self.state.step)
+
+    @property
+    def model(self) -> GPT:
+        """The model with the current parameters (a fresh NNX module sharing no buffers)."""
+        params = jax.tree.map(jnp.copy, self.state.params)
+        return nnx.merge(self.graphdef, params)
+
+    def abstract_state(self) -> TrainState:
+        return jax.eval_shape(lambda: self.state)
+
+    # -- steps ---------------------------------------------------------------------------
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, jax.Array]:
+        """Advance by one step on the batch ``(x, y)``; returns device-side metrics."""
+        self.state, metrics = self._train_step(self.state, x, y)
+        return metrics
+
+    def evaluate(self, batches: int | None = None) -> dict[str, float]:
+        """Mean loss over the same ``eval_batches`` batches of each split every time."""
+        n = self.train_cfg.eval_batches if batches is None else batches
+        out = {}
+        for name, data in self.eval_sets.items():
+            losses = [self._eval_step(self.state.params, *data[i]) for i in range(n)]
+            out[name] = float(np.mean(jax.device_get(losses)))
+        return out
+
+    def fit(self, steps: int | None = None, *, progress: bool = True,
+            checkpoint_dir: str | os.PathLike | None = None,
+            checkpoint_every: int | None = None,
+            callback: Callable[[int, dict[str, float]], None] | None = None,
+            ) -> dict[str, list[float]]:
+        """Train until step ``steps`` (default: the config's total), evaluating every
+        ``eval_interval`` steps and at the end, and saving a checkpoint every
+        ``checkpoint_every`` steps and at the end when ``checkpoint_dir`` is given.
+
+        Returns the metrics history (also kept in ``self.history``).
+        """
+        from tqdm.auto import tqdm
+
+        total = self.train_cfg.steps if steps is None else steps
+        if isinstance(total, bool) or not isinstance(total, int) or total < self.step:
+            raise ValueError(f"steps must be an int >= the current step {self.step}, "
+                             f"got {total!r}")
+        if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
+                                             or checkpoint_every < 1):
+            raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+        ckpt = None
+        if checkpoint_dir is not None:
+            from .checkpoint import Checkpointer
+
+            ckpt = Checkpointer(checkpoint_dir)
+        pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+        def flush() -> dict[str, float]:
+            last: dict[str, float] = {}
+            for s, m in jax.device_get(pending):
+                self.history["step"].append(s)
+                self.history["loss"].append(float(m["loss"]))
+                self.history["grad_norm"].append(float(m["grad_norm"]))
+                self.history["lr"].append(float(self.schedule(s)))
+                last = {"loss": float(m["loss"])}
+            pending.clear()
+            return last
+
+        bar = tqdm(total=total, initial=self.step, disable=not progress, unit="step",
+                   dynamic_ncols=True)
+        t0 = time.perf_counter()
+        while self.step < total:
+            s = self.step
+            pending.append((s, self.train_step(*self.train_batches[s])))
+            done = s + 1
+            at_eval = done % self.train_cfg.eval_interval == 0 or done == total
+            at_ckpt = ckpt is not None and (
+                done == total or (checkpoint_every is not None and done % checkpoint_every == 0))
+            if at_eval or at_ckpt or len(pending) >= 50:
+                last = flush()
+                postfix = {"loss": f"{last['loss']:.3f}"}
+                if at_eval:
+                    ev = self.evaluate()
+                    self.history["eval_step"].append(done)
+                    for k, v in ev.items():
+                        self.history[f"{k}_loss"].append(v)
+                        postfix[k] = f"{v:.3f}"
+                    if callback is not None:
+                        callback(done, ev)
+                bar.set_postfix(postfix, refresh=False)
+                if at_ckpt:
+                    self.save(ckpt)
+            bar.update(1)
+        flush()
+        bar.close()
+        self.history.setdefault("seconds", []).append(time.perf_counter() - t0)
+        return self.history
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self, checkpointer: Any) -> None:
+        """Save state and history at the current step (atomically, see :mod:`.checkpoint`)."""
+        meta = {"step": self.step, "data_step": self.step, "history": self.history,
+                "model": self.model_cfg.to_dict(), "train": self.train_cfg.to_dict()}
+        checkpointer.save(self.step, self.state, meta)
+
+    def restore(self, checkpoint_dir: str | os.PathLike, step: int | None = None) -> int:
+        """Load the latest (or the given) checkpoint into this trainer; returns its step."""
+        from .checkpoint import Checkpointer
+
+        ckpt = Checkpointer(checkpoint_dir, create=False)
+        state, meta = ckpt.restore(self.abstract_state(), step)
+        if meta.get("model") != self.model_cfg.to_dict():
+            raise ValueError("checkpoint_dir holds a checkpoint of a different model config: "
+                             f"{meta.get('model')}")
+        self.state = state
+        self.history = {k: list(v) for k, v in meta["history"].items()}
+        return self.step
+
+
+def tokens_per_second(history: dict[str, list[float]], batch_size: int, context: int) -> float:
+    """Training throughput of the last ``fit`` call."""
+    secs = history.get("seconds", [math.nan])[-1]
+    return len(history["step"]) * batch_size * context / secs
+
+
+def save_history(path: str | os.PathLike, history: dict[str, list[float]]) -> None:
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(history, f)
+    os.replace(tmp, path)
