@@ -61,16 +61,26 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """The state (with the structure, shapes and dtypes of ``abstract_state``) and the
-        metadata of checkpoint ``step`` (default: the latest)."""
+    def _pick(self, step: int | None) -> int:
         steps = self.all_steps()
         if not steps:
             raise ValueError(f"directory holds no checkpoint: {self.directory!r}")
         if step is None:
-            step = max(steps)
-        elif step not in steps:
+            return max(steps)
+        if step not in steps:
             raise ValueError(f"step must be one of the saved steps {sorted(steps)}, got {step}")
+        return step
+
+    def read_meta(self, step: int | None = None) -> dict[str, Any]:
+        """Only the JSON metadata of checkpoint ``step`` (default: the latest)."""
+        step = self._pick(step)
+        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"])
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """The state (with the structure, shapes and dtypes of ``abstract_state``) and the
+        metadata of checkpoint ``step`` (default: the latest)."""
+        step = self._pick(step)
         out = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"])

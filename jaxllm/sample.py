@@ -8,9 +8,11 @@ again; shapes are static, and prompt lengths are rounded up to a multiple of
 
 Prompts of different lengths are left-padded; the model sees padding as masked slots and
 gets positions that count only real tokens, so each row is decoded exactly as it would be
-alone. When a sequence reaches the context length, the cache is rebuilt from the last
-``WINDOW_KEEP`` (three quarters) of the context and decoding continues (a sliding window
-with an amortised re-prefill, rather than recomputing the context at every token).
+alone. When the longest sequence reaches the context length, the cache is rebuilt from the
+last ``WINDOW_KEEP`` (three quarters) of the context and decoding continues: a sliding
+window with an amortised re-prefill, rather than a re-computation of the whole context at
+every token. The window slides for the whole batch at once, so beyond the context length a
+shorter prompt in a batch can be cut earlier than it would be alone.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top
     B, P = prompt.shape
     N = max_new_tokens
     S = cache_len
-    keep = max(1, min(S - 1, int(S * WINDOW_KEEP)))
+    ctx = cfg.context_length
+    # Tokens kept when the window slides; never more than the buffers hold.
+    keep = min(max(1, min(ctx - 1, int(ctx * WINDOW_KEEP))), S, P + N)
 
     buf = jnp.concatenate([prompt, jnp.zeros((B, N), jnp.int32)], axis=1)
     buf_valid = jnp.concatenate([prompt_valid, jnp.zeros((B, N), bool)], axis=1)
@@ -115,7 +119,8 @@ def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top
     logits, extras = model(prompt, positions=_positions(prompt_valid), valid=cache_valid,
                            cache=cache, cache_index=0)
     carry = dict(buf=buf, buf_valid=buf_valid, cache=extras["cache"], cache_valid=cache_valid,
-                 slot=jnp.int32(P), pos=jnp.sum(prompt_valid, axis=1).astype(jnp.int32),
+                 slot=jnp.int32(P), limit=jnp.int32(S),
+                 pos=jnp.sum(prompt_valid, axis=1).astype(jnp.int32),
                  logits=logits[:, -1].astype(jnp.float32), t=jnp.int32(0),
                  done=jnp.zeros((B,), bool), key=key)
 
@@ -152,9 +157,14 @@ def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top
             return lg[:, -1].astype(jnp.float32), ex["cache"], cache_valid, jnp.int32(keep), \
                 jnp.sum(wvalid, axis=1).astype(jnp.int32)
 
-        logits, cache, cache_valid, slot, pos = jax.lax.cond(c["slot"] < S, step, shift, None)
+        logits, cache, cache_valid, slot, pos = jax.lax.cond(c["slot"] < c["limit"], step,
+                                                             shift, None)
+        # Before the first slide, left padding occupies `P - longest` extra slots; after it,
+        # the window holds real tokens only, and the context length is the limit.
+        limit = jnp.where(c["slot"] < c["limit"], c["limit"], jnp.int32(ctx))
         return dict(buf=buf, buf_valid=buf_valid, cache=cache, cache_valid=cache_valid,
-                    slot=slot, pos=pos, logits=logits, t=c["t"] + 1, done=done, key=key)
+                    slot=slot, limit=limit, pos=pos, logits=logits, t=c["t"] + 1, done=done,
+                    key=key)
 
     c = jax.lax.while_loop(cond, body, carry)
     return c["buf"][:, P:], c["buf_valid"][:, P:]
@@ -232,7 +242,8 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
     for i, p in enumerate(prompts):
         tokens[i, P - len(p):] = p
         valid[i, P - len(p):] = True
-    cache_len = min(cfg.context_length, P + max_new_tokens)
+    # The longest prompt may use the whole context before the window first slides.
+    cache_len = min(P + max_new_tokens, cfg.context_length + P - longest)
     graphdef, params = nnx.split(model)
     out, out_valid = _decode(
         graphdef, params, jnp.asarray(tokens), jnp.asarray(valid), key,

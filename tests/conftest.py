@@ -1,0 +1,35 @@
+"""Shared fixtures: small models built once per test session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxllm.config import ModelConfig, TrainConfig
+
+CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met on a mat. "
+          "the mat was red and the log was wet. ") * 40
+
+
+@pytest.fixture(scope="session")
+def char_corpus():
+    from jaxllm.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_text(CORPUS)
+    return tok, np.asarray(tok.encode(CORPUS), np.int32)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(char_corpus):
+    """A 2-layer model trained for a few seconds on a repetitive corpus: its predictions are
+    sharp and varied, unlike a random model's."""
+    from jaxllm.train import Trainer
+
+    tok, ids = char_corpus
+    mcfg = ModelConfig(vocab_size=tok.vocab_size, context_length=32, n_layer=2, n_head=2,
+                       d_model=32)
+    tcfg = TrainConfig(steps=150, batch_size=16, learning_rate=1e-2, min_learning_rate=1e-3,
+                       warmup_steps=10, eval_interval=150, eval_batches=2)
+    trainer = Trainer(mcfg, tcfg, ids[:3000], ids[3000:])
+    trainer.fit(progress=False)
+    return trainer.model, tok, trainer

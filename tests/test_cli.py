@@ -1,0 +1,100 @@
+"""The command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def jaxllm(*args, timeout=300, **kw):
+    return subprocess.run([sys.executable, "-m", "jaxllm.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=ENV, **kw)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["info"]])
+def test_help_on_every_command(command):
+    r = jaxllm(*command, "--help")
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: jaxllm")
+    assert "--help" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--preset", "gpt5", "--out", "x"], "--preset"),
+        (["train", "--out", "x", "--steps", "-3"], "--steps"),
+        (["train", "--out", "x", "--steps", "many"], "--steps"),
+        (["train"], "--out"),
+        (["sample", "/nonexistent/run"], "run_dir"),
+        (["sample", ".", "--temperature", "-1"], "--temperature"),
+        (["sample", ".", "--top-p", "2"], "--top-p"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(args, needle):
+    r = jaxllm(*args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert needle in lines[0]
+
+
+def test_info_lists_presets_with_counts():
+    r = jaxllm("info")
+    assert r.returncode == 0
+    assert "124,439,808" in r.stdout and "llama2-70b" in r.stdout
+
+
+def test_train_sample_and_resume_after_a_kill(tmp_path):
+    straight = tmp_path / "straight"
+    r = jaxllm("train", "--preset", "tiny", "--out", str(straight), "--steps", "40",
+               "--checkpoint-every", "10", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "val loss" in r.stderr
+
+    # the same run, killed once its step-20 checkpoint exists, then resumed
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "jaxllm.cli", "train", "--preset", "tiny",
+                             "--out", str(killed), "--steps", "40", "--checkpoint-every",
+                             "10", "--no-progress"], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "20").exists():
+        assert proc.poll() is None or (killed / "checkpoints" / "20").exists()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # resuming without --resume refuses to overwrite
+    r = jaxllm("train", "--preset", "tiny", "--out", str(killed), "--no-progress")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = jaxllm("train", "--out", str(killed), "--resume", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "resumed" in r.stderr
+
+    def final_history(run):
+        meta = run / "checkpoints" / "40" / "meta" / "metadata"
+        return json.loads(meta.read_text())["history"]
+
+    a, b = final_history(straight), final_history(killed)
+    assert a["loss"] == b["loss"] and a["val_loss"] == b["val_loss"]
+
+    r = jaxllm("sample", str(straight), "--prompt", "ROMEO:", "--max-new-tokens", "50",
+               "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ROMEO:") and len(r.stdout) >= 50
+    again = jaxllm("sample", str(straight), "--prompt", "ROMEO:", "--max-new-tokens", "50",
+                   "--seed", "1")
+    assert again.stdout == r.stdout
+    bad = jaxllm("sample", str(straight), "--prompt", "ROMEO\u2603")
+    assert bad.returncode == 2 and "--prompt" in bad.stderr and "Traceback" not in bad.stderr
