@@ -1,0 +1,205 @@
+"""The template cells of the chapter notebooks (scripts/notebook_template.py).
+
+The first cell must install this repository in Colab without replacing Colab's own
+accelerator-enabled jax/jaxlib, and must do nothing anywhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((REPO / "chapters").glob("*.ipynb"))
+
+
+def _load_template():
+    spec = importlib.util.spec_from_file_location(
+        "notebook_template", REPO / "scripts" / "notebook_template.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+T = _load_template()
+SOURCE = T.install_cell_source()
+URL, BRANCH = T.repository()
+
+# Runs a cell's source in a fresh interpreter with an audit hook that records every attempt to
+# start a process. With --colab, a `google.colab` module is registered first (as in Colab) and
+# the hook refuses the first process start after recording it, so nothing is installed.
+RUNNER = textwrap.dedent(
+    """
+    import json, sys, types
+
+    colab = sys.argv[1] == "--colab"
+    source = sys.stdin.read()
+    launched = []
+
+    class Refused(Exception):
+        pass
+
+    def hook(event, args):
+        if event in ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn"):
+            launched.append([event, [str(a) for a in args[1]] if event == "subprocess.Popen"
+                             else [str(a) for a in args]])
+            if colab:
+                raise Refused(event)
+
+    if colab:
+        google = types.ModuleType("google")
+        google.colab = types.ModuleType("google.colab")
+        sys.modules["google"], sys.modules["google.colab"] = google, google.colab
+    sys.addaudithook(hook)
+    try:
+        exec(compile(source, "<install cell>", "exec"), {"__name__": "__main__"})
+        outcome = "completed"
+    except Refused:
+        outcome = "refused"
+    sys.stderr.write("\\nRESULT " + json.dumps({"outcome": outcome, "launched": launched}))
+    """
+)
+
+
+def _run_cell(source: str, *, colab: bool) -> tuple[str, dict]:
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, "--colab" if colab else "--local"],
+        input=source,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=REPO,
+    )
+    before, _, result = proc.stderr.rpartition("\nRESULT ")
+    return proc.stdout, {**json.loads(result), "stderr": before}
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_chapter_starts_with_the_template_cells(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    first_code = nb.cells.index(code[0])
+    assert all(c.cell_type == "markdown" for c in nb.cells[:first_code])
+    assert code[0].source == SOURCE, (
+        f"{path.name}: first code cell differs from the template; run "
+        "`python scripts/notebook_template.py stamp` and re-execute the notebook"
+    )
+    assert code[0].outputs == [], "outside Colab the install cell prints nothing"
+    setup = code[1].source
+    assert "jax.default_backend()" in setup
+    assert "jax.random.key(" in setup or "jax.random.PRNGKey(" in setup
+    assert T.check_notebook(path) == []
+
+
+def test_install_cell_names_the_repository_of_config():
+    assert f'"jaxllm[viz,tokenizers] @ git+{URL}@{BRANCH}"' in SOURCE
+    assert SOURCE.count("https://github.com/") == 1
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    assert set(T.COLAB_EXTRAS) <= set(extras)
+
+
+def test_install_cell_does_nothing_outside_colab():
+    stdout, result = _run_cell(SOURCE, colab=False)
+    assert stdout == ""
+    assert result["stderr"] == ""
+    assert result == {"outcome": "completed", "launched": [], "stderr": ""}
+
+
+def test_install_cell_in_colab_runs_only_if_needed_pip_install():
+    stdout, result = _run_cell(SOURCE, colab=True)
+    assert result["outcome"] == "refused", "the cell must start pip in Colab"
+    [(event, argv)] = result["launched"]
+    assert event == "subprocess.Popen"
+    assert argv[:4] == [sys.executable, "-m", "pip", "install"]
+    for flag in ("-U", "--upgrade", "--force-reinstall", "-I", "--ignore-installed"):
+        assert flag not in argv, f"{flag} could replace Colab's jax/jaxlib"
+    assert argv[argv.index("--upgrade-strategy") + 1] == "only-if-needed"
+    assert argv[-1] == f"jaxllm[viz,tokenizers] @ git+{URL}@{BRANCH}"
+    assert stdout == "", "nothing is printed before pip has run"
+
+
+def test_pip_would_install_only_jaxllm_over_the_preinstalled_jax(tmp_path: Path):
+    """The same pip command, resolved for real (offline) against the installed environment.
+
+    The environment plays Colab's part: its jax, jaxlib and flax stand for Colab's preinstalled
+    ones. With the cell's options, pip must keep every one of them and install only jaxllm
+    itself (from this checkout instead of GitHub, and with --no-index so nothing is fetched).
+    """
+    _, result = _run_cell(SOURCE, colab=True)
+    [(_, argv)] = result["launched"]
+    report = tmp_path / "report.json"
+    local = argv[:-1] + [
+        f"jaxllm[{','.join(T.COLAB_EXTRAS)}] @ {REPO.as_uri()}",
+        "--dry-run",
+        "--no-index",
+        "--no-build-isolation",
+        "--report",
+        str(report),
+    ]
+    proc = subprocess.run(local, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    installs = json.loads(report.read_text(encoding="utf-8"))["install"]
+    names = sorted(item["metadata"]["name"].lower() for item in installs)
+    assert names == ["jaxllm"], f"pip would also install or replace: {names}"
+
+
+def test_template_follows_the_config(tmp_path: Path):
+    config = tmp_path / "_config.yml"
+    config.write_text("repository:\n  url: https://github.com/some-org/fork\n  branch: dev\n")
+    source = T.install_cell_source(config)
+    assert '"jaxllm[viz,tokenizers] @ git+https://github.com/some-org/fork@dev"' in source
+    assert source.replace("some-org/fork@dev", "X") == SOURCE.replace(
+        URL.removeprefix("https://github.com/") + f"@{BRANCH}", "X"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("title: x\n", "repository"),
+        ("repository:\n  url: https://gitlab.com/a/b\n  branch: main\n", "repository.url"),
+        ("repository:\n  url: https://github.com/only-org\n  branch: main\n", "repository.url"),
+        ("repository:\n  url: https://github.com/a/b\n  branch: ''\n", "repository.branch"),
+    ],
+)
+def test_bad_repository_config_is_a_clear_error(tmp_path: Path, text: str, message: str):
+    config = tmp_path / "_config.yml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        T.install_cell_source(config)
+
+
+def test_stamp_inserts_and_updates_the_template(tmp_path: Path):
+    path = tmp_path / "new.ipynb"
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# A title"), nbformat.v4.new_code_cell("x = 1")]
+    )
+    nbformat.write(nb, path)
+    assert T.check_notebook(path) != []
+    assert T.stamp_notebook(path) is True
+    assert T.check_notebook(path) == []
+    cells = nbformat.read(path, as_version=4).cells
+    assert [c.cell_type for c in cells] == ["markdown", "code", "code", "code"]
+    assert cells[1].source == SOURCE and cells[3].source == "x = 1"
+    assert T.stamp_notebook(path) is False, "stamping twice changes nothing"
+
+    # An outdated install cell (e.g. after the repository moved) is replaced in place.
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].source = nb.cells[1].source.replace(URL, "https://github.com/old/place")
+    nbformat.write(nb, path)
+    assert T.check_notebook(path) != []
+    assert T.stamp_notebook(path) is True
+    cells = nbformat.read(path, as_version=4).cells
+    assert len(cells) == 4 and cells[1].source == SOURCE
