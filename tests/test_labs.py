@@ -1,0 +1,634 @@
+"""The graded-labs pipeline, end to end (otter-grader; see instructors.md).
+
+- every lab source and student notebook starts with the lab setup cell of labs/lab_template.py;
+- regenerating the labs from their sources changes nothing committed;
+- the student notebook holds no solution code and no hidden test (searched for);
+- grading a folder (scripts/grade_labs.py, the instructors' command): the solution scores full
+  marks, the untouched student notebook zero without grader errors, a planted wrong answer
+  exactly the partial credit its tests give it, and hostile notebooks (endless loop, endless
+  output, kernel crash, deleted files, edited tests, memory hog) zero with a reason, without
+  disturbing the others;
+- the student flow as Colab sees it: the student notebook alone in an empty folder, the package
+  installed by its setup cell from the local checkout instead of GitHub: the setup cell finds the
+  public tests, and ``grader.check`` reports failures on the blank notebook (without stopping it)
+  and passes with the solutions filled in.
+
+Grading runs notebooks in kernels, so the expensive runs happen once per module (fixtures) and
+the tests read their results.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import nbformat
+import numpy as np
+import pytest
+
+pytest.importorskip("otter", reason="the labs need otter-grader: pip install -e '.[grade]'")
+psutil = pytest.importorskip("psutil", reason="grade_labs.py needs psutil")
+
+REPO = Path(__file__).resolve().parents[1]
+LABS = REPO / "labs"
+LAB = "tokens-and-sampling"
+ANSWER_TAG = "otter_answer_cell"
+SOLUTION_CELL_TAG = "otter_assign_solution_cell"
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+lab_template = _load(LABS / "lab_template.py", "_test_labs_lab_template")
+assign_labs = _load(REPO / "scripts" / "assign_labs.py", "_test_labs_assign_labs")
+grade_labs = _load(REPO / "scripts" / "grade_labs.py", "_test_labs_grade_labs")
+
+# A plausible mistake for q2: the temperature-0 case is forgotten (division by zero).
+WRONG_SOFTMAX = '''
+def softmax_with_temperature(logits, temperature):
+    logits = np.asarray(logits, dtype=np.float64)
+    z = logits / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+'''.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: generate once, build the planted submissions, grade once
+
+
+@pytest.fixture(scope="module")
+def assigned(tmp_path_factory):
+    """``otter assign`` on the lab source, into a temporary dist folder."""
+    return assign_labs.assign_lab(LABS / "src" / f"{LAB}.ipynb",
+                                  tmp_path_factory.mktemp("dist"))
+
+
+def _solutions_filled_in(assigned) -> nbformat.NotebookNode:
+    """The student notebook with each answer cell replaced by otter's solution cell."""
+    student = nbformat.read(assigned.student_notebook, as_version=4)
+    solution = nbformat.read(assigned.solution_notebook, as_version=4)
+    assert len(student.cells) == len(solution.cells)
+    filled = copy.deepcopy(student)
+    answers = 0
+    for cell, solved in zip(filled.cells, solution.cells, strict=True):
+        if ANSWER_TAG in cell.metadata.get("tags", []):
+            cell.source = solved.source
+            answers += 1
+        else:
+            assert cell.source == solved.source
+    assert answers >= 4
+    return filled
+
+
+def _replace_answer(nb: nbformat.NotebookNode, startswith: str, source: str):
+    nb = copy.deepcopy(nb)
+    cells = [c for c in nb.cells if c.source.startswith(startswith)]
+    assert len(cells) == 1
+    cells[0].source = source
+    return nb
+
+
+def _insert_after_answer(nb: nbformat.NotebookNode, startswith: str, source: str):
+    nb = copy.deepcopy(nb)
+    index = next(i for i, c in enumerate(nb.cells) if c.source.startswith(startswith))
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+def _hostile(filled, code: str):
+    """The solved notebook with a hostile cell right after the first answer (q1's)."""
+    return _insert_after_answer(filled, "def pair_counts", textwrap.dedent(code).strip())
+
+
+def _grade_cli(folder: Path, zip_path: Path, out: Path, *options: str) -> tuple[dict, str]:
+    """Run the instructors' command; return the CSV rows by student and the printed text."""
+    command = [sys.executable, str(REPO / "scripts" / "grade_labs.py"), str(folder),
+               "--out", str(out), "--autograder", str(zip_path), *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text(encoding="utf-8")
+    assert done.stdout == text  # the CSV is printed as well as written
+    rows = {row["student"]: row for row in csv.DictReader(io.StringIO(text))}
+    return rows, text
+
+
+@pytest.fixture(scope="module")
+def graded(assigned, tmp_path_factory):
+    """Grade one folder: solution, blank, a wrong answer, and hostile notebooks that finish."""
+    folder = tmp_path_factory.mktemp("submissions")
+    filled = _solutions_filled_in(assigned)
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(assigned.student_notebook, folder / "blank.ipynb")
+    nbformat.write(_replace_answer(filled, "def softmax_with_temperature", WRONG_SOFTMAX),
+                   folder / "wrong.ipynb")
+    hostile = {
+        "crash": "import os\nos._exit(3)",
+        "deletes": """
+            import os, shutil
+            shutil.rmtree(os.path.abspath(".."), ignore_errors=True)
+            """,
+        # Edits the tests so that they pass, runs them, and puts the originals back.
+        "edits": """
+            import glob
+            saved = {path: open(path).read() for path in glob.glob("tests/*.py")}
+            for path, text in saved.items():
+                open(path, "w").write(text.replace("assert ", "assert True or "))
+            for question in ["q1", "q2", "q3", "q4"]:
+                grader.check(question)
+            for path, text in saved.items():
+                open(path, "w").write(text)
+            """,
+        # Empties the test files: otter itself cannot finish.
+        "empties": """
+            import glob
+            for path in glob.glob("tests/*.py"):
+                open(path, "w").close()
+            """,
+        "floods": """
+            for _ in range(60):
+                print("x" * 1_000_000)
+            """,
+        "hog": """
+            chunks = []
+            while True:
+                chunks.append(bytearray(50_000_000))
+            """,
+    }
+    for name, code in hostile.items():
+        nbformat.write(_hostile(filled, code), folder / f"{name}.ipynb")
+    start = time.monotonic()
+    rows, text = _grade_cli(folder, assigned.autograder_zip, folder / "grades.csv",
+                            "--timeout", "300", "--max-output-mb", "5",
+                            "--max-memory-mb", "1500", "--jobs", "2")
+    print(f"\ngraded {len(rows)} notebooks in {time.monotonic() - start:.1f} s:\n{text}")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def stopped(assigned, tmp_path_factory):
+    """Grade notebooks that never finish (short time limit); they note their kernel's PID."""
+    folder = tmp_path_factory.mktemp("endless")
+    filled = _solutions_filled_in(assigned)
+    pids = {}
+    for name, loop in [("loops", "while True:\n    pass"),
+                       ("prints", "while True:\n    print('x' * 1_000_000)")]:
+        pids[name] = folder / f"{name}.pid"
+        code = f"import os\nopen({str(pids[name])!r}, 'w').write(str(os.getpid()))\n{loop}"
+        nbformat.write(_hostile(filled, code), folder / f"{name}.ipynb")
+    rows, _ = _grade_cli(folder, assigned.autograder_zip, folder / "grades.csv",
+                         "--timeout", "25", "--max-output-mb", "5", "--max-memory-mb", "1500",
+                         "--jobs", "2")
+    return rows, {name: int(path.read_text()) for name, path in pids.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebooks themselves
+
+
+def test_every_lab_notebook_starts_with_the_lab_cell():
+    sources = sorted((LABS / "src").glob("*.ipynb"))
+    students = sorted(LABS.glob("*.ipynb"))
+    assert [p.stem for p in sources] == [p.stem for p in students] and LAB in [
+        p.stem for p in sources]
+    for path in sources + students:
+        assert lab_template.check_notebook(path) == []
+    cell = lab_template.lab_cell_source(LAB)
+    url, branch = lab_template._notebook_template().repository()
+    assert f"git+{url}@{branch}" in cell  # installs from the repository of _config.yml
+    assert lab_template.labs_url().endswith(f"/{branch}/labs")
+    assert "otter-grader" in cell and "grader = otter.Notebook(" in cell
+
+
+def test_lab_template_detects_a_wrong_first_cell(tmp_path):
+    nb = nbformat.read(LABS / f"{LAB}.ipynb", as_version=4)
+    first = lab_template.first_code_cell_index(nb)
+    nb.cells[first].source = nb.cells[first].source.replace("otter-grader>=", "otter-grader==")
+    path = tmp_path / f"{LAB}.ipynb"
+    nbformat.write(nb, path)
+    assert lab_template.check_notebook(path)
+    assert lab_template.stamp_notebook(path) is True
+    assert lab_template.check_notebook(path) == []
+
+
+@pytest.mark.parametrize("name", ["Tokens", "tokens_and_sampling", "-x", "", None, "a/b"])
+def test_lab_names_are_checked(name):
+    with pytest.raises(ValueError, match="lab name"):
+        lab_template.check_lab_name(name)
+    if isinstance(name, str) and name:
+        with pytest.raises(ValueError, match="lab name"):
+            lab_template.lab_cell_source(name)
+
+
+def test_unknown_lab_is_a_clear_error():
+    with pytest.raises(ValueError, match="no-such-lab"):
+        assign_labs.lab_sources(["no-such-lab"])
+
+
+def test_regenerating_changes_nothing_committed(assigned):
+    committed = LABS / f"{LAB}.ipynb"
+    assert committed.read_bytes() == assigned.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+
+
+def _source_cells(kind: str) -> list[nbformat.NotebookNode]:
+    """Code cells of the lab source inside SOLUTION (kind='solution') or TESTS blocks."""
+    nb = nbformat.read(LABS / "src" / f"{LAB}.ipynb", as_version=4)
+    inside, found = None, []
+    for cell in nb.cells:
+        if cell.cell_type == "raw":
+            first = cell.source.strip().lower()
+            if first.startswith(("# begin solution", "# begin tests")):
+                inside = first.split()[2]
+            elif first.startswith(("# end solution", "# end tests")):
+                inside = None
+        elif cell.cell_type == "code" and inside == kind:
+            found.append(cell)
+    return found
+
+
+def _test_config(cell) -> dict:
+    import yaml
+
+    match = re.match(r'"""\s*# BEGIN TEST CONFIG\n(.*?)\n"""\s*# END TEST CONFIG', cell.source,
+                     re.S)
+    assert match, cell.source[:80]
+    return yaml.safe_load(match.group(1))
+
+
+def _test_function(cell) -> ast.FunctionDef:
+    tree = ast.parse(cell.source)
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert len(functions) == 1
+    return functions[0]
+
+
+def test_questions_have_public_and_hidden_tests_with_points(assigned):
+    _, questions = grade_labs.read_questions(assigned.autograder_zip)
+    assert [q.name for q in questions] == ["q1", "q2", "q3", "q4"]
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert any(hidden) and not all(hidden), q.name
+        assert q.possible == len(hidden)  # one point per test: partial credit is predictable
+    configs = [_test_config(c) for c in _source_cells("tests")]
+    assert len(configs) == 16 and all(c["points"] == 1 for c in configs)
+
+
+def test_test_functions_do_not_shadow_the_students_functions():
+    """A test that rebinds its parameter (say ``from jaxllm.sample import top_p_filter``)
+    would compare jaxllm with itself and pass on a blank notebook."""
+    for cell in _source_cells("tests"):
+        function = _test_function(cell)
+        params = {a.arg for a in function.args.args}
+        bound = set()
+        for node in ast.walk(function):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                bound.add(node.id)
+            elif isinstance(node, ast.alias):
+                bound.add(node.asname or node.name.split(".")[0])
+        assert not params & bound, f"{function.name} rebinds {params & bound}"
+
+
+def test_student_notebook_has_no_solutions_and_no_hidden_tests():
+    student_text = (LABS / f"{LAB}.ipynb").read_text(encoding="utf-8")
+    student = nbformat.reads(student_text, as_version=4)
+    source = nbformat.read(LABS / "src" / f"{LAB}.ipynb", as_version=4)
+    # Lines that appear only between BEGIN/END SOLUTION markers of the source.
+    elsewhere = set()
+    solution_lines = set()
+    for cell in source.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            stripped = line.strip()
+            if stripped == "# BEGIN SOLUTION":
+                inside = True
+            elif stripped == "# END SOLUTION":
+                inside = False
+            elif inside:
+                solution_lines.add(stripped)
+            else:
+                elsewhere.add(stripped)
+    unique = {line for line in solution_lines - elsewhere if len(line) >= 12}
+    assert len(unique) >= 10  # the search below has something to find
+    student_lines = {line.strip() for c in student.cells for line in c.source.splitlines()}
+    assert not unique & student_lines
+    for line in unique:
+        assert json.dumps(line)[1:-1] not in student_text, line
+    # Answer cells are there, with the prompts (...) instead of the code.
+    answers = [c for c in student.cells if ANSWER_TAG in c.metadata.get("tags", [])]
+    assert len(answers) == 4 and all("    ..." in c.source for c in answers)
+    assert not any(SOLUTION_CELL_TAG in c.metadata.get("tags", []) for c in student.cells)
+    # Tests: the public ones are in the metadata, the hidden ones nowhere.
+    public, hidden = [], []
+    for cell in _source_cells("tests"):
+        (hidden if _test_config(cell)["hidden"] else public).append(_test_function(cell))
+    assert public and hidden
+    tests_text = "\n".join(student.metadata["otter"]["tests"].values())
+
+    def statements(function: ast.FunctionDef) -> set[str]:
+        return {ast.unparse(n) for n in ast.walk(function) if isinstance(n, ast.stmt)}
+
+    public_statements = set().union(*map(statements, public))
+    for function in public:  # the search works: what is public is found
+        assert f"def {function.name}(" in tests_text
+        assert all(s in tests_text for s in statements(function) if "\n" not in s)
+    for function in hidden:
+        assert function.name not in student_text
+        own = [s for s in statements(function) - public_statements
+               if len(s) > 30 and "\n" not in s]
+        assert own, function.name
+        for statement in own:
+            assert statement not in tests_text, statement
+    assert "hidden=True" not in tests_text
+    # The source-only check cell (# IGNORE) is not in the student notebook either.
+    assert "NBVAL_CHECK_OUTPUT" not in student_text
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading
+
+
+def _scores(row) -> list[float]:
+    return [float(row[q]) for q in ("q1", "q2", "q3", "q4")]
+
+
+@pytest.mark.slow
+def test_solution_scores_full_marks(graded):
+    assert _scores(graded["solution"]) == [4, 4, 4, 4]
+    assert float(graded["solution"]["total"]) == 16
+    assert graded["solution"]["reason"] == ""
+
+
+@pytest.mark.slow
+def test_untouched_student_notebook_scores_zero_without_grader_errors(graded):
+    row = graded["blank"]
+    assert _scores(row) == [0, 0, 0, 0] and float(row["total"]) == 0
+    # Every reason is a failed test, none is an error of the grading itself.
+    reasons = row["reason"].split("; ")
+    assert reasons == [f"q{i} 0/4: all tests failed" for i in range(1, 5)]
+
+
+@pytest.mark.slow
+def test_planted_wrong_answer_gets_the_partial_credit_of_its_tests(graded, assigned, tmp_path):
+    """The score the hidden tests give the wrong function, computed here in-process with
+    otter's own test runner, is what the grading run gave it; and it is 2 of 4."""
+    from otter.nbmeta_config import NBMetadataConfig
+    from otter.test_files import create_test_file
+
+    with zipfile.ZipFile(assigned.autograder_zip) as zf:
+        zf.extract("tests/q2.py", tmp_path)
+    env = {"np": np}
+    exec(WRONG_SOFTMAX, env)
+    test_file = create_test_file(str(tmp_path / "tests" / "q2.py"), NBMetadataConfig())
+    with np.errstate(divide="ignore", invalid="ignore"):  # the mistake divides by zero
+        test_file.run(env)
+    row = graded["wrong"]
+    assert float(row["q2"]) == test_file.score == 2
+    assert [float(row[q]) for q in ("q1", "q3", "q4")] == [4, 4, 4]
+    assert float(row["total"]) == 14
+    assert row["reason"] == ("q2 2/4: failed test_q2_temperature_zero_is_argmax, "
+                             "test_q2_ties_at_temperature_zero (hidden)")
+
+
+@pytest.mark.slow
+def test_kernel_crash_scores_zero_with_a_reason(graded):
+    assert _scores(graded["crash"]) == [0, 0, 0, 0]
+    assert "the kernel died" in graded["crash"]["reason"]
+
+
+@pytest.mark.slow
+def test_deleting_grading_files_scores_zero_with_a_reason(graded):
+    assert _scores(graded["deletes"]) == [0, 0, 0, 0]
+    assert "deleted grading files" in graded["deletes"]["reason"]
+
+
+@pytest.mark.slow
+def test_edited_tests_void_their_questions(graded):
+    assert _scores(graded["edits"]) == [0, 0, 0, 0]
+    for q in ("q1", "q2", "q3", "q4"):
+        assert f"{q} voided: the notebook changed its test file {q}.py" in graded["edits"][
+            "reason"]
+
+
+def test_tampered_test_files_are_found_by_content_and_by_change_time(tmp_path):
+    files = {name: tmp_path / name for name in ("q1.py", "q2.py", "q3.py", "q4.py")}
+    for name, path in files.items():
+        path.write_text(f"test {name}")
+    expected = {name: grade_labs._sha256(path) for name, path in files.items()}
+    started = max(path.stat().st_ctime_ns for path in files.values())
+    files["q1.py"].write_text("edited")
+    files["q3.py"].unlink()
+    deadline = time.monotonic() + 5
+    while files["q2.py"].stat().st_ctime_ns <= started and time.monotonic() < deadline:
+        files["q2.py"].write_text("test q2.py")  # same text again, but later
+    assert grade_labs._tampered_tests(tmp_path, expected, started) == ["q1.py", "q2.py",
+                                                                      "q3.py"]
+    assert grade_labs._tampered_tests(tmp_path, expected, None) == ["q1.py", "q3.py"]
+
+
+@pytest.mark.slow
+def test_broken_tests_score_zero_with_a_reason(graded):
+    assert _scores(graded["empties"]) == [0, 0, 0, 0]
+    assert graded["empties"]["reason"].startswith(
+        "the notebook changed its test files (q1.py, q2.py, q3.py, q4.py); grading failed: ")
+
+
+@pytest.mark.slow
+def test_output_past_the_limit_is_discarded_and_grading_goes_on(graded):
+    assert _scores(graded["floods"]) == [4, 4, 4, 4]
+    assert re.fullmatch(r"output over 5 MB discarded \((5[0-9]|60) MB not kept\)",
+                        graded["floods"]["reason"])
+
+
+@pytest.mark.slow
+def test_memory_hog_is_stopped(graded):
+    assert _scores(graded["hog"]) == [0, 0, 0, 0]
+    assert "over the 1500 MB memory limit" in graded["hog"]["reason"]
+
+
+@pytest.mark.slow
+def test_csv_has_one_row_per_student(graded):
+    assert sorted(graded) == ["blank", "crash", "deletes", "edits", "empties", "floods", "hog",
+                              "solution", "wrong"]
+    assert list(next(iter(graded.values()))) == ["student", "q1", "q2", "q3", "q4", "total",
+                                                 "reason"]
+
+
+@pytest.mark.slow
+def test_endless_notebooks_are_stopped_with_all_their_processes(stopped):
+    rows, pids = stopped
+    assert rows["loops"]["reason"] == "stopped after the 25 s time limit (endless loop?)"
+    # Endless output: the grader keeps none of it past the limit, but the kernel queues what
+    # the grader cannot read fast enough, so the memory limit may stop it before the clock.
+    assert re.fullmatch(r"(stopped after the 25 s time limit \(endless loop\?\)|"
+                        r"stopped: used \d+ MB, over the 1500 MB memory limit); "
+                        r"it had printed \d+ MB past the output limit", rows["prints"]["reason"])
+    for name in ("loops", "prints"):
+        assert _scores(rows[name]) == [0, 0, 0, 0]
+        pid = pids[name]  # the kernel that ran the notebook
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert not alive, f"{name}: kernel {pid} still runs"
+
+
+def test_submission_folder_layouts(tmp_path):
+    (tmp_path / "ann.ipynb").write_text("{}")
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / "a.ipynb").write_text("{}")
+    (tmp_path / "bob" / "b.ipynb").write_text("{}")
+    (tmp_path / "cy").mkdir()
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    found = grade_labs.find_submissions(tmp_path)
+    assert [(s, nb and nb.name, problem) for s, nb, problem in found] == [
+        ("ann", "ann.ipynb", ""),
+        ("bob", None, "2 notebooks in bob/ (expected one)"),
+        ("cy", None, "no notebook in cy/"),
+    ]
+    with pytest.raises(ValueError, match="existing directory"):
+        grade_labs.find_submissions(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("field", ["timeout_s", "max_output_mb", "max_memory_mb", "max_file_mb"])
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), True, "5"])
+def test_limits_are_checked(field, value):
+    with pytest.raises(ValueError, match=field):
+        grade_labs.Limits(**{field: value})
+
+
+def test_grade_cli_rejects_bad_arguments(tmp_path):
+    script = str(REPO / "scripts" / "grade_labs.py")
+    for args, message in [
+        ([str(tmp_path / "missing"), "--out", "g.csv"], "SUBMISSIONS must be an existing folder"),
+        ([str(tmp_path), "--out", str(tmp_path)], "--out must be a file"),
+        ([str(tmp_path), "--out", "g.csv", "--timeout", "0"], "must be a number > 0"),
+        ([str(tmp_path), "--out", "g.csv", "--jobs", "0"], "must be an integer >= 1"),
+    ]:
+        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# The student flow, the way Colab sees it
+
+
+def _package_copy(dest: Path) -> Path:
+    """The package's source, copied (pip builds in the source tree: keep the checkout clean)."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).is_file():
+            shutil.copyfile(REPO / name, dest / name)
+    shutil.copytree(REPO / "jaxllm", dest / "jaxllm",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+RUNNER = """
+import sys
+import nbformat
+from nbclient import NotebookClient
+
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=False,
+               resources={"metadata": {"path": sys.argv[2]}}).execute()
+nbformat.write(nb, sys.argv[3])
+"""
+
+
+@pytest.fixture(scope="module")
+def student_runs(assigned, tmp_path_factory):
+    """Run the blank and the solved student notebook in a fresh virtual environment."""
+    base = tmp_path_factory.mktemp("colab")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True)
+    python = venv / "bin" / "python"
+    runner = base / "run_notebook.py"
+    runner.write_text(RUNNER)
+    probe = "import jaxllm, sys\nprint('PROBE', sys.executable, jaxllm.__file__)"
+
+    def run(nb: nbformat.NotebookNode, workdir: Path, on_disk: bool, env: dict) -> dict:
+        workdir.mkdir()
+        nb = copy.deepcopy(nb)
+        nb.cells.append(nbformat.v4.new_code_cell(probe))
+        source = workdir / f"{LAB}.ipynb" if on_disk else base / f"{workdir.name}-in.ipynb"
+        nbformat.write(nb, source)
+        before = sorted(p.name for p in workdir.iterdir())
+        out = base / f"{workdir.name}-out.ipynb"
+        done = subprocess.run([str(python), str(runner), str(source), str(workdir), str(out)],
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {"nb": nbformat.read(out, as_version=4), "before": before}
+
+    offline = {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0"}
+    # 1. The blank notebook alone in an empty folder; its setup cell installs the package.
+    blank = run(nbformat.read(LABS / f"{LAB}.ipynb", as_version=4), base / "alone", True,
+                {**offline, "JAXLLM_INSTALL_SOURCE": str(_package_copy(base / "pkg"))})
+    # 2. Solved, and not even on disk (as in Colab): the tests come from the labs URL.
+    solved = run(_solutions_filled_in(assigned), base / "nofile", False,
+                 {**offline, "JAXLLM_LABS_URL": LABS.as_uri()})
+    return {"blank": blank, "solved": solved, "venv": venv}
+
+
+def _text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append(out.get("text", ""))
+        parts.append(str(out.get("data", {}).get("text/plain", "")))
+    return "".join(parts)
+
+
+def _checks(nb) -> dict[str, str]:
+    return {m.group(1): _text(c) for c in nb.cells if c.cell_type == "code"
+            for m in [re.fullmatch(r'grader\.check\("(q\d+)"\)', c.source.strip())] if m}
+
+
+@pytest.mark.slow
+def test_student_flow_blank_notebook_alone_in_a_folder(student_runs):
+    run = student_runs["blank"]
+    nb = run["nb"]
+    assert run["before"] == [f"{LAB}.ipynb"]
+    setup = _text(nb.cells[lab_template.first_code_cell_index(nb)])
+    assert f"Lab {LAB}: public tests for q1, q2, q3, q4 from {LAB}.ipynb." in setup
+    # The kernel runs the venv's Python, and jaxllm is the copy the setup cell installed there.
+    _, python, package = _text(nb.cells[-1]).split()
+    venv = str(student_runs["venv"])
+    assert python.startswith(venv) and package.startswith(venv)
+    assert package.endswith("site-packages/jaxllm/__init__.py")
+    checks = _checks(nb)
+    assert sorted(checks) == ["q1", "q2", "q3", "q4"]
+    for q, text in checks.items():
+        assert f"{q} results:" in text and "Test case failed" in text, text[:500]
+        assert "All test cases passed" not in text
+
+
+@pytest.mark.slow
+def test_student_flow_solved_notebook_passes_public_tests(student_runs):
+    nb = student_runs["solved"]["nb"]
+    setup = _text(nb.cells[lab_template.first_code_cell_index(nb)])
+    assert f"from {LABS.as_uri()}/{LAB}.ipynb." in setup
+    checks = _checks(nb)
+    assert sorted(checks) == ["q1", "q2", "q3", "q4"]
+    for q, text in checks.items():
+        assert f"{q} results: All test cases passed!" in text, text[:500]
