@@ -134,6 +134,11 @@ def load_run(run_dir: str | os.PathLike, step: int | None = None):
     abstract_state = jax.eval_shape(
         lambda: TrainState(jax.numpy.zeros((), jax.numpy.int32), abstract_params,
                            tx.init(abstract_params)))
+    # Load onto this process's first device, whatever mesh the run was saved from (a run
+    # trained on a pod slice can be sampled on a laptop).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state)
     state, _ = ckpt.restore(abstract_state, step)
     params = state.params
     model = nnx.merge(graphdef, params)

@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     import jax
 
+    from .sharding import initialize_distributed
+
+    # On a TPU pod slice or a multi-node GPU cluster this joins the other hosts (before
+    # anything touches a device); on one machine it does nothing.
+    initialize_distributed()
+
     from .checkpoint import CHECKPOINT_DIR, read_run_info, write_run_info
     from .config import ModelConfig, TrainConfig, get_preset
     from .data import load_corpus, load_text, train_val_split
@@ -151,6 +157,17 @@ def _train(args: argparse.Namespace) -> int:
 
     train_tokens, val_tokens = train_val_split(tokenizer.encode(text), train_cfg.val_fraction)
     trainer = Trainer(model_cfg, train_cfg, train_tokens, val_tokens)
+    if jax.device_count() > 1:
+        # Several devices (or hosts): the same step, compiled with shardings (see
+        # docs/scaling.md). Done before restoring, so a checkpoint loads onto the mesh.
+        from .sharding import describe, make_mesh, shard_trainer
+
+        n = jax.device_count()
+        if train_cfg.batch_size % n:
+            raise UsageError(f"--batch-size must be a multiple of the {n} devices, got "
+                             f"{train_cfg.batch_size}")
+        shard_trainer(trainer, make_mesh())
+        print(describe(trainer.mesh), file=sys.stderr)
     if args.resume:
         trainer.restore(ckpt_dir)
         print(f"resumed {args.out} at step {trainer.step} of {train_cfg.steps}",
@@ -164,7 +181,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         write_run_info(out, model_cfg, train_cfg, tokenizer, text=text_path,
                        preset=info.get("preset"))
-    history = trainer.fit(progress=not args.no_progress, checkpoint_dir=ckpt_dir,
+    history = trainer.fit(progress=not args.no_progress and jax.process_index() == 0,
+                          checkpoint_dir=ckpt_dir,
                           checkpoint_every=args.checkpoint_every)
     secs = history["seconds"][-1]
     line = f"step {trainer.step}: train loss {history['train_loss'][-1]:.4f}"

@@ -98,3 +98,21 @@ def test_train_sample_and_resume_after_a_kill(tmp_path):
     assert again.stdout == r.stdout
     bad = jaxllm("sample", str(straight), "--prompt", "ROMEO\u2603")
     assert bad.returncode == 2 and "--prompt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_on_four_simulated_devices_then_sample_on_one(tmp_path):
+    """`jaxllm train` shards over all devices it sees; the checkpoint loads on one device."""
+    run = tmp_path / "sharded"
+    env = {**ENV, "JAX_NUM_CPU_DEVICES": "4", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    r = subprocess.run([sys.executable, "-m", "jaxllm.cli", "train", "--preset", "tiny",
+                        "--out", str(run), "--steps", "6", "--batch-size", "8",
+                        "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "mesh data=4" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "jaxllm.cli", "train", "--preset", "tiny",
+                        "--out", str(tmp_path / "odd"), "--batch-size", "6"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "--batch-size" in r.stderr
+    r = jaxllm("sample", str(run), "--prompt", "KING:", "--max-new-tokens", "10")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("KING:") and len(r.stdout) == len("KING:") + 10 + 1
