@@ -1,0 +1,393 @@
+"""Generators of synthetic data for the chapters' experiments.
+
+Each generator is deterministic given its ``seed`` (a seeded NumPy generator makes every draw)
+and checks its arguments before doing any work.
+
+* **"it" sentences** (:func:`make_it_task`): "the dog woke the cat because it barked." Every
+  animal makes its own sound, and the verb decides what "it" refers to: after a *subject verb*
+  ("woke", "scared", ...) "it" is the first animal, after an *object verb* ("feared",
+  "heard", ...) the second. So the word after "it" can only be predicted by working out the
+  referent. Animal pairs are split into training and held-out pairs, and no held-out pair ever
+  appears together in a training sentence, so accuracy on held-out sentences measures the rule,
+  not memorised pairs. ``distractors`` adds animals that are never the referent ("... near the
+  owl ...") and ``long=True`` adds filler phrases, for a harder setting.
+* **Capital-city facts** (:func:`load_capitals`, :func:`capital_sentences`): "The capital of
+  France is Paris." from the list of countries and capitals shipped in
+  ``jaxllm/resources/capitals.csv`` (GeoNames data; see ``CAPITALS-SOURCE.md`` beside it).
+* **Sentence-aligned batches** (:class:`SentenceBatches`): training windows that each start at
+  the beginning of a sentence, which is how short synthetic sentences are learned quickly.
+
+This module imports nothing from the rest of ``jaxllm`` except :mod:`jaxllm.data` (to find
+shipped resources).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .data import resource_path
+
+__all__ = [
+    "ANIMAL_SOUNDS",
+    "OBJECT_VERBS",
+    "SUBJECT_VERBS",
+    "ItSentence",
+    "ItTask",
+    "SentenceBatches",
+    "capital_sentences",
+    "it_corpus",
+    "load_capitals",
+    "make_it_sentence",
+    "make_it_task",
+    "referent",
+]
+
+# Each animal with the one sound (past tense) that only it makes, in the order used when
+# fewer animals are asked for.
+ANIMAL_SOUNDS: dict[str, str] = {
+    "dog": "barked",
+    "cat": "meowed",
+    "cow": "mooed",
+    "duck": "quacked",
+    "lion": "roared",
+    "horse": "neighed",
+    "pig": "oinked",
+    "owl": "hooted",
+    "snake": "hissed",
+    "frog": "croaked",
+    "wolf": "howled",
+    "bee": "buzzed",
+    "mouse": "squeaked",
+    "crow": "cawed",
+    "donkey": "brayed",
+    "sheep": "bleated",
+    "goose": "honked",
+    "bear": "growled",
+    "dove": "cooed",
+    "turkey": "gobbled",
+    "elephant": "trumpeted",
+    "monkey": "chattered",
+    "cricket": "chirped",
+    "hyena": "cackled",
+}
+
+# After these verbs, "it" is the subject (the first animal): its sound caused the action.
+SUBJECT_VERBS: tuple[str, ...] = ("woke", "scared", "startled", "annoyed")
+# After these verbs, "it" is the object (the second animal): its sound explains the reaction.
+OBJECT_VERBS: tuple[str, ...] = ("feared", "heard", "followed", "hated")
+
+# Sentence frames. {a} is the subject, {b} the object, {verb} the verb, {sound} the referent's
+# sound; {near} is " near the <distractor>" (or empty) and {filler} a filler phrase (or empty).
+_TEMPLATES: tuple[str, ...] = (
+    "the {a} {verb} the {b}{near}{filler} because it {sound}.",
+    "yesterday the {a} {verb} the {b}{near}{filler} because it {sound}.",
+    "the old {a} {verb} the {b}{near}{filler} because it {sound}.",
+    "at night the {a} {verb} the {b}{near}{filler} because it {sound}.",
+)
+_FILLERS: tuple[str, ...] = (
+    " in the barn",
+    " on the farm",
+    " by the river",
+    " after the storm",
+    " in the morning",
+    " on a cold day",
+)
+
+
+def referent(subject: str, verb: str, obj: str) -> str:
+    """The animal that "it" refers to in "the <subject> <verb> the <obj> because it ...".
+
+    Subject verbs (:data:`SUBJECT_VERBS`) point "it" at the subject, object verbs
+    (:data:`OBJECT_VERBS`) at the object.
+    """
+    if verb in SUBJECT_VERBS:
+        return subject
+    if verb in OBJECT_VERBS:
+        return obj
+    raise ValueError(
+        f"verb must be one of {SUBJECT_VERBS + OBJECT_VERBS}, got {verb!r}")
+
+
+@dataclass(frozen=True)
+class ItSentence:
+    """One "it" sentence and everything an experiment needs to score and inspect it.
+
+    ``words`` is the sentence split on spaces, with the final period as its own word, so that
+    ``words[i]`` lines up with token ``i`` of a word-level tokenizer. ``prompt`` is the text up to
+    and including "it"; ``answer`` is the next word (the referent's sound).
+    """
+
+    text: str
+    prompt: str
+    answer: str
+    subject: str
+    verb: str
+    obj: str
+    distractor: str | None
+    template: int
+    filler: str
+
+    @property
+    def referent(self) -> str:
+        return referent(self.subject, self.verb, self.obj)
+
+    @property
+    def other(self) -> str:
+        """The candidate animal (subject or object) that "it" does not refer to."""
+        return self.obj if self.referent == self.subject else self.subject
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return tuple(self.text[:-1].split(" ")) + (".",)
+
+    @property
+    def it_index(self) -> int:
+        """Index of "it" in :attr:`words` (the last word of the prompt)."""
+        return len(self.prompt.split(" ")) - 1
+
+    @property
+    def subject_index(self) -> int:
+        return self.words.index(self.subject)
+
+    @property
+    def verb_index(self) -> int:
+        return self.subject_index + 1
+
+    @property
+    def object_index(self) -> int:
+        return self.words.index(self.obj, self.subject_index + 1)
+
+    @property
+    def referent_index(self) -> int:
+        return self.subject_index if self.referent == self.subject else self.object_index
+
+    @property
+    def distractor_index(self) -> int | None:
+        if self.distractor is None:
+            return None
+        return self.words.index(self.distractor, self.object_index + 1)
+
+
+def _check_animal(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def make_it_sentence(subject: str, verb: str, obj: str, *, template: int = 0,
+                     distractor: str | None = None, filler: str = "") -> ItSentence:
+    """Build one sentence, e.g. ``make_it_sentence("dog", "woke", "cat")`` gives
+    "the dog woke the cat because it barked." (the dog woke the cat: "it" is the dog)."""
+    animals = list(ANIMAL_SOUNDS)
+    _check_animal("subject", subject, animals)
+    _check_animal("obj", obj, animals)
+    _check_animal("verb", verb, SUBJECT_VERBS + OBJECT_VERBS)
+    if subject == obj:
+        raise ValueError(f"subject and obj must be different animals, got {subject!r} twice")
+    if isinstance(template, bool) or not isinstance(template, int) \
+            or not 0 <= template < len(_TEMPLATES):
+        raise ValueError(f"template must be an int in [0, {len(_TEMPLATES)}), got {template!r}")
+    if distractor is not None:
+        _check_animal("distractor", distractor, animals)
+        if distractor in (subject, obj):
+            raise ValueError(
+                f"distractor must differ from subject and obj, got {distractor!r}")
+    if filler not in ("", *_FILLERS):
+        raise ValueError(f"filler must be '' or one of {list(_FILLERS)}, got {filler!r}")
+    sound = ANIMAL_SOUNDS[referent(subject, verb, obj)]
+    near = "" if distractor is None else f" near the {distractor}"
+    text = _TEMPLATES[template].format(a=subject, verb=verb, b=obj, near=near, filler=filler,
+                                       sound=sound)
+    prompt = text[: text.rindex(" it ") + len(" it")]
+    return ItSentence(text=text, prompt=prompt, answer=sound, subject=subject, verb=verb,
+                      obj=obj, distractor=distractor, template=template, filler=filler)
+
+
+@dataclass(frozen=True)
+class ItTask:
+    """Training and held-out "it" sentences, and the split of animal pairs behind them."""
+
+    animals: tuple[str, ...]
+    train_pairs: frozenset[frozenset[str]]
+    heldout_pairs: frozenset[frozenset[str]]
+    train: tuple[ItSentence, ...]
+    heldout: tuple[ItSentence, ...]
+
+    @property
+    def sounds(self) -> tuple[str, ...]:
+        return tuple(ANIMAL_SOUNDS[a] for a in self.animals)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def make_it_task(*, n_animals: int = 12, heldout_fraction: float = 0.25, n_train: int = 4000,
+                 n_heldout: int = 400, distractors: int = 0, long: bool = False,
+                 seed: int = 0) -> ItTask:
+    """Sentences for the "it" experiment, from the first ``n_animals`` of
+    :data:`ANIMAL_SOUNDS`.
+
+    The unordered pairs of animals are shuffled and a ``heldout_fraction`` of them held out.
+    Training sentences only ever put animals of training pairs together (subject, object and
+    distractors alike); held-out sentences have a held-out pair as subject and object. Every
+    animal still appears in training, with other partners, and every sentence's verb, template
+    and word order are drawn uniformly. ``distractors`` (0 or 1) adds " near the <animal>", an
+    animal that is never the referent; ``long`` adds a filler phrase such as " in the barn".
+    """
+    n_animals = _check_count("n_animals", n_animals, 3)
+    if n_animals > len(ANIMAL_SOUNDS):
+        raise ValueError(f"n_animals must be at most {len(ANIMAL_SOUNDS)}, got {n_animals}")
+    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, int | float) \
+            or not 0.0 < heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction must be a number in (0, 1), got {heldout_fraction!r}")
+    n_train = _check_count("n_train", n_train, 1)
+    n_heldout = _check_count("n_heldout", n_heldout, 1)
+    if isinstance(distractors, bool) or distractors not in (0, 1):
+        raise ValueError(f"distractors must be 0 or 1, got {distractors!r}")
+    if not isinstance(long, bool):
+        raise TypeError(f"long must be a bool, got {long!r}")
+    seed = _check_count("seed", seed, 0)
+    if distractors and n_animals < 4:
+        raise ValueError(f"distractors=1 needs n_animals >= 4, got {n_animals}")
+
+    rng = np.random.default_rng([seed, n_animals, distractors, int(long)])
+    animals = tuple(list(ANIMAL_SOUNDS)[:n_animals])
+    pairs = [frozenset(p) for p in itertools.combinations(animals, 2)]
+    order = rng.permutation(len(pairs))
+    n_out = max(1, round(heldout_fraction * len(pairs)))
+    heldout = frozenset(pairs[i] for i in order[:n_out])
+    train = frozenset(pairs[i] for i in order[n_out:])
+    # Every animal must keep at least two training partners, or it could not be learned.
+    for a in animals:
+        partners = sum(1 for p in train if a in p)
+        if partners < 1 + distractors:
+            raise ValueError(
+                f"heldout_fraction={heldout_fraction} leaves {a!r} with {partners} training "
+                f"partner(s); use a smaller heldout_fraction or more animals")
+    verbs = SUBJECT_VERBS + OBJECT_VERBS
+    train_list = sorted(tuple(sorted(p)) for p in train)
+    heldout_list = sorted(tuple(sorted(p)) for p in heldout)
+
+    def draw(pair_list: list[tuple[str, str]], n: int) -> tuple[ItSentence, ...]:
+        out: list[ItSentence] = []
+        attempts = 0
+        while len(out) < n:
+            attempts += 1
+            if attempts > 100 * n:
+                raise ValueError(
+                    f"heldout_fraction={heldout_fraction} leaves too few training pairs to "
+                    "place distractors; use a smaller heldout_fraction or more animals")
+            a, b = pair_list[rng.integers(len(pair_list))]
+            if rng.integers(2):
+                a, b = b, a
+            c = None
+            if distractors:
+                # The distractor may sit with subject and object only as training pairs.
+                options = [x for x in animals if x not in (a, b)
+                           and frozenset((a, x)) in train and frozenset((b, x)) in train]
+                if not options:
+                    continue
+                c = options[rng.integers(len(options))]
+            verb = verbs[rng.integers(len(verbs))]
+            template = int(rng.integers(len(_TEMPLATES)))
+            filler = _FILLERS[rng.integers(len(_FILLERS))] if long else ""
+            out.append(make_it_sentence(a, verb, b, template=template, distractor=c,
+                                        filler=filler))
+        return tuple(out)
+
+    return ItTask(animals=animals, train_pairs=train, heldout_pairs=heldout,
+                  train=draw(train_list, n_train), heldout=draw(heldout_list, n_heldout))
+
+
+def it_corpus(sentences: Sequence[ItSentence | str]) -> str:
+    """The sentences as training text: one per line, each line ending with a newline."""
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
+        raise ValueError("sentences must be a non-empty sequence of ItSentence or str")
+    return "".join((s.text if isinstance(s, ItSentence) else s) + "\n" for s in sentences)
+
+
+# -- capital-city facts ------------------------------------------------------------------
+
+CAPITAL_TEMPLATE = "The capital of {country} is {capital}."
+
+
+def load_capitals() -> list[tuple[str, str]]:
+    """``(country, capital)`` pairs from ``jaxllm/resources/capitals.csv`` (GeoNames data),
+    sorted by country name."""
+    with open(resource_path("capitals.csv"), encoding="utf-8", newline="") as f:
+        return [(row["country"], row["capital"]) for row in csv.DictReader(f)]
+
+
+def capital_sentences(pairs: Sequence[tuple[str, str]] | None = None, *, repeats: int = 1,
+                      seed: int = 0, template: str = CAPITAL_TEMPLATE) -> list[str]:
+    """Each fact as a sentence, e.g. "The capital of France is Paris.", ``repeats`` times,
+    shuffled with a generator seeded by ``seed``. ``pairs`` defaults to :func:`load_capitals`.
+    """
+    repeats = _check_count("repeats", repeats, 1)
+    seed = _check_count("seed", seed, 0)
+    if not isinstance(template, str) or "{country}" not in template \
+            or "{capital}" not in template:
+        raise ValueError(
+            f"template must be a str containing {{country}} and {{capital}}, got {template!r}")
+    if pairs is None:
+        pairs = load_capitals()
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not pairs:
+        raise ValueError("pairs must be a non-empty sequence of (country, capital) pairs")
+    for i, p in enumerate(pairs):
+        if (not isinstance(p, tuple | list) or len(p) != 2
+                or not all(isinstance(x, str) and x for x in p)):
+            raise ValueError(f"pairs[{i}] must be a (country, capital) pair of strings, got {p!r}")
+    sentences = [template.format(country=c, capital=k) for c, k in pairs] * repeats
+    order = np.random.default_rng(seed).permutation(len(sentences))
+    return [sentences[i] for i in order]
+
+
+@dataclass(frozen=True)
+class SentenceBatches:
+    """Training windows that each start at the beginning of a sentence.
+
+    Like :class:`jaxllm.data.Batches`, ``batches[step]`` is a pair ``(x, y)`` of int32 arrays
+    ``[batch_size, context_length]`` (``y`` is ``x`` shifted by one token), drawn from
+    ``np.random.default_rng([seed, step])``; but every window starts right after a
+    ``separator`` token (and at the very start), so each row begins with a whole sentence at
+    position 0. Short synthetic sentences are learned much faster this way than from windows at
+    random offsets, where most sentences are cut and land at arbitrary positions.
+    """
+
+    tokens: np.ndarray
+    separator: int
+    batch_size: int
+    context_length: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        tokens = np.asarray(self.tokens, dtype=np.int32)
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be one-dimensional, got shape {tokens.shape}")
+        object.__setattr__(self, "tokens", tokens)
+        for name in ("batch_size", "context_length"):
+            _check_count(name, getattr(self, name), 1)
+        _check_count("seed", self.seed, 0)
+        _check_count("separator", self.separator, 0)
+        starts = np.concatenate([[0], np.flatnonzero(tokens == self.separator) + 1])
+        starts = starts[starts + self.context_length + 1 <= len(tokens)]
+        if not len(starts):
+            raise ValueError(
+                f"tokens hold no window of context_length + 1 = {self.context_length + 1} "
+                f"tokens after a separator {self.separator}")
+        object.__setattr__(self, "starts", starts)
+
+    def __getitem__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        step = _check_count("step", step, 0)
+        rng = np.random.default_rng([self.seed, step])
+        offsets = self.starts[rng.integers(len(self.starts), size=self.batch_size)]
+        window = self.tokens[offsets[:, None] + np.arange(self.context_length + 1)]
+        return window[:, :-1], window[:, 1:]

@@ -1,0 +1,436 @@
+"""Figures and widgets used by the chapters.
+
+Figures are :class:`matplotlib.figure.Figure` objects made without ``pyplot``, so a notebook
+shows each exactly once (when it is the value of a cell or passed to ``display``) and nothing
+is left open. Widgets (:class:`SamplingExplorer`, :class:`AttentionExplorer`) draw their figure
+for the starting values when they are built, so a notebook saved with its widget state shows
+a meaningful picture even on a static web page, where the sliders cannot run Python.
+
+Needs the ``viz`` extra (matplotlib, ipywidgets); ipywidgets is imported only by the widgets.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from matplotlib.figure import Figure
+
+from .sample import softmax_with_temperature, top_k_filter, top_p_filter
+
+__all__ = [
+    "AttentionExplorer",
+    "SamplingExplorer",
+    "entropy",
+    "figure_output",
+    "plot_attention_from",
+    "plot_attention_heatmaps",
+    "plot_next_token",
+    "plot_sampling",
+    "plot_sampling_settings",
+    "plot_temperatures",
+    "sampling_distribution",
+    "show_token",
+]
+
+DPI = 90
+KEPT = "#1f77b4"
+DROPPED = "#c7c7c7"
+HIGHLIGHT = "#d62728"
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def figure_output(fig: Figure) -> dict[str, Any]:
+    """A figure as one notebook output (PNG), for an ``ipywidgets.Output``'s ``outputs``.
+
+    Setting ``outputs`` directly (rather than ``display`` inside ``with output:``) works the same
+    in a kernel, in tests and when a notebook is executed headless, so the picture is always
+    part of the widget's saved state.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                     "text/plain": f"<Figure {fig.get_figwidth():g}x{fig.get_figheight():g} in>"}}
+
+
+def _text_output(text: str) -> dict[str, Any]:
+    return {"output_type": "stream", "name": "stdout", "text": text}
+
+
+def show_token(s: str) -> str:
+    """A token's text made visible in a plot label: spaces as ``␣``, newlines as ``\\n``."""
+    return s.replace("\n", "\\n").replace(" ", "␣") or "∅"
+
+
+def _logits_1d(logits: Any, name: str = "logits") -> np.ndarray:
+    arr = np.asarray(logits, dtype=np.float32)
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(f"{name} must be a 1-D array of at least 2 values, got shape {arr.shape}")
+    return arr
+
+
+def _labels(labels: Sequence[str], n: int) -> list[str]:
+    if isinstance(labels, str) or len(labels) != n:
+        raise ValueError(f"labels must be a sequence of {n} strings (one per token), got "
+                         f"{len(labels) if not isinstance(labels, str) else 'a str'}")
+    return [show_token(str(x)) for x in labels]
+
+
+def _check_settings(temperature: Any, top_k: Any, top_p: Any, vocab: int) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
+            or not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) \
+            or not 0 <= top_k <= vocab:
+        raise ValueError(f"top_k must be an int in [0, {vocab}] (0 = off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1] (1 = off), got {top_p!r}")
+
+
+def sampling_distribution(logits: Any, temperature: float = 1.0, top_k: int = 0,
+                          top_p: float = 1.0) -> np.ndarray:
+    """The distribution :func:`jaxllm.sample.sample_logits` draws from, as probabilities.
+
+    The logits are divided by the temperature, filtered by top-k and then by top-p (both from
+    :mod:`jaxllm.sample`), and normalised with a softmax. Temperature 0 puts all the mass on the
+    most likely token (greedy decoding). ``top_k=0`` and ``top_p=1`` switch the filters off.
+    """
+    arr = _logits_1d(logits)
+    _check_settings(temperature, top_k, top_p, arr.size)
+    if temperature == 0:
+        probs = np.asarray(softmax_with_temperature(arr, 0.0), dtype=np.float64)
+    else:
+        scaled = jnp.asarray(arr) / temperature
+        filtered = top_p_filter(top_k_filter(scaled, top_k), top_p)
+        probs = np.asarray(softmax_with_temperature(filtered, 1.0), dtype=np.float64)
+    return probs / probs.sum()  # exact normalisation in float64, for NumPy's samplers
+
+
+def entropy(probs: Any, base: float = 2.0) -> float:
+    """Shannon entropy of a distribution (bits by default); zero-probability terms add 0."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1 or np.any(p < 0) or not np.isclose(p.sum(), 1.0, atol=1e-4):
+        raise ValueError("probs must be a 1-D array of non-negative numbers that sum to 1")
+    nz = p[p > 0]
+    return max(0.0, float(-(nz * np.log(nz)).sum() / math.log(base)))
+
+
+def _top_indices(values: np.ndarray, top: int) -> np.ndarray:
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ValueError(f"top must be a positive int, got {top!r}")
+    return np.argsort(-values, kind="stable")[: min(top, values.size)]
+
+
+def plot_next_token(probs: Any, labels: Sequence[str], *, top: int = 10, title: str = "",
+                    highlight: str | None = None) -> Figure:
+    """Bar chart of the ``top`` most likely next tokens and their probabilities.
+
+    ``highlight`` (a label) is drawn in red, e.g. the correct answer.
+    """
+    p = _logits_1d(probs, "probs").astype(np.float64)
+    names = _labels(labels, p.size)
+    idx = _top_indices(p, top)
+    fig = _figure(6.0, 2.8)
+    ax = fig.add_subplot()
+    hl = None if highlight is None else show_token(highlight)
+    colors = [HIGHLIGHT if names[i] == hl else KEPT for i in idx]
+    ax.bar(range(len(idx)), p[idx], color=colors)
+    ax.set_xticks(range(len(idx)), [names[i] for i in idx], rotation=45, ha="right")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.set_title(title or "next-token distribution")
+    for j, i in enumerate(idx):
+        ax.text(j, p[i] + 0.02, f"{p[i]:.2f}", ha="center", fontsize=8)
+    return fig
+
+
+def _draw_sampling(ax: Any, logits: np.ndarray, names: list[str], temperature: float,
+                   top_k: int, top_p: float, top: int) -> np.ndarray:
+    """Bars of the tempered distribution (grey where top-k/top-p drop the token) with the
+    renormalised probabilities that are actually sampled (blue) on top."""
+    final = sampling_distribution(logits, temperature, top_k, top_p)
+    tempered = (final if temperature == 0
+                else sampling_distribution(logits, temperature, 0, 1.0))
+    idx = _top_indices(logits, top)
+    x = np.arange(len(idx))
+    ax.bar(x, tempered[idx], color=DROPPED, label="before top-k / top-p")
+    ax.bar(x, final[idx], width=0.55, color=KEPT, label="sampled from")
+    ax.set_xticks(x, [names[i] for i in idx], rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    settings = f"T={temperature:g}"
+    if top_k:
+        settings += f", top-k={top_k}"
+    if top_p < 1:
+        settings += f", top-p={top_p:g}"
+    kept = int((final > 0).sum())
+    ax.set_title(f"{settings}\n{kept} token{'s' * (kept != 1)} possible, "
+                 f"entropy {entropy(final):.2f} bits", fontsize=9)
+    return final
+
+
+def plot_sampling(logits: Any, labels: Sequence[str], *, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, top: int = 20) -> Figure:
+    """One panel: what temperature, top-k and top-p do to a next-token distribution."""
+    arr = _logits_1d(logits)
+    names = _labels(labels, arr.size)
+    fig = _figure(6.5, 2.8)
+    ax = fig.add_subplot()
+    _draw_sampling(ax, arr, names, temperature, top_k, top_p, top)
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def plot_sampling_settings(logits: Any, labels: Sequence[str],
+                           settings: Sequence[tuple[float, int, float]], *,
+                           top: int = 12) -> Figure:
+    """The same next-token distribution under several ``(temperature, top_k, top_p)``
+    settings, one panel each (see :func:`plot_sampling` for what the bars mean)."""
+    arr = _logits_1d(logits)
+    names = _labels(labels, arr.size)
+    if isinstance(settings, str) or not settings or any(
+            not isinstance(x, tuple | list) or len(x) != 3 for x in settings):
+        raise ValueError("settings must be a non-empty sequence of (temperature, top_k, top_p) "
+                         f"triples, got {settings!r}")
+    fig = _figure(2.5 * len(settings) + 0.4, 2.9)
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
+    for ax, (t, k, p) in zip(axes, settings, strict=True):
+        _draw_sampling(ax, arr, names, float(t), int(k), float(p), top)
+    axes[0].set_ylabel("probability")
+    axes[-1].legend(fontsize=7, loc="upper right")
+    return fig
+
+
+def plot_temperatures(logits: Any, labels: Sequence[str], *,
+                      temperatures: Sequence[float] = (0.0, 0.5, 1.0, 1.5), top_k: int = 0,
+                      top_p: float = 1.0, top: int = 12) -> Figure:
+    """The same next-token distribution at several temperatures, one panel each."""
+    if isinstance(temperatures, str) or not temperatures:
+        raise ValueError(f"temperatures must be a non-empty sequence, got {temperatures!r}")
+    return plot_sampling_settings(logits, labels, [(t, top_k, top_p) for t in temperatures],
+                                  top=top)
+
+
+def _attention_array(attention: Any) -> np.ndarray:
+    """``[L, H, T, T]`` from a list of per-layer ``[H, T, T]`` (or ``[1, H, T, T]``) arrays."""
+    if isinstance(attention, list | tuple):
+        layers = [np.asarray(a, dtype=np.float64) for a in attention]
+        layers = [a[0] if a.ndim == 4 and a.shape[0] == 1 else a for a in layers]
+        arr = np.stack(layers)
+    else:
+        arr = np.asarray(attention, dtype=np.float64)
+    if arr.ndim != 4 or arr.shape[2] != arr.shape[3]:
+        raise ValueError("attention must be [layers, heads, T, T] (or a list of [heads, T, T] "
+                         f"per layer, batch of one), got shape {arr.shape}")
+    return arr
+
+
+def plot_attention_from(attention: Any, tokens: Sequence[str], query: int, *,
+                        marks: dict[int, str] | None = None, title: str = "") -> Figure:
+    """Attention weights from one query position, one bar chart per layer (rows) and head
+    (columns). ``marks`` maps key positions to a colour, e.g. the referent in red."""
+    att = _attention_array(attention)
+    L, H, T, _ = att.shape
+    names = _labels(tokens, T)
+    if isinstance(query, bool) or not isinstance(query, int | np.integer) or not 0 <= query < T:
+        raise ValueError(f"query must be a position in [0, {T}), got {query!r}")
+    marks = marks or {}
+    fig = _figure(min(2.3 * H + 0.8, 11.0), 1.6 * L + 0.9)
+    axes = fig.subplots(L, H, sharex=True, sharey=True, squeeze=False)
+    x = np.arange(query + 1)
+    colors = [marks.get(int(i), KEPT) for i in x]
+    for layer in range(L):
+        for head in range(H):
+            ax = axes[layer, head]
+            ax.bar(x, att[layer, head, query, : query + 1], color=colors)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+            if layer == L - 1:
+                ax.set_xticks(x, names[: query + 1], rotation=70, ha="right", fontsize=7)
+        axes[layer, 0].set_ylabel("weight", fontsize=8)
+    fig.suptitle(title or f"attention from {names[query]!r}", fontsize=10)
+    return fig
+
+
+def plot_attention_heatmaps(attention: Any, tokens: Sequence[str], *,
+                            layers: Sequence[int] | None = None, title: str = "") -> Figure:
+    """Every head's full attention matrix (query rows, key columns) as a heatmap."""
+    att = _attention_array(attention)
+    L, H, T, _ = att.shape
+    names = _labels(tokens, T)
+    rows = list(range(L)) if layers is None else [int(i) for i in layers]
+    if not rows or any(not 0 <= r < L for r in rows):
+        raise ValueError(f"layers must name layers in [0, {L}), got {layers!r}")
+    fig = _figure(min(2.6 * H + 0.6, 11.0), 2.6 * len(rows) + 0.6)
+    axes = fig.subplots(len(rows), H, squeeze=False)
+    for r, layer in enumerate(rows):
+        for head in range(H):
+            ax = axes[r, head]
+            ax.imshow(att[layer, head], vmin=0, vmax=1, cmap="Blues")
+            ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+            ax.set_xticks(range(T), names, rotation=90, fontsize=6)
+            ax.set_yticks(range(T), names if head == 0 else [""] * T, fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+# -- widgets ----------------------------------------------------------------------------------
+
+class SamplingExplorer:
+    """Sliders for temperature, top-k and top-p over one next-token distribution.
+
+    Moving a slider redraws the distribution (:func:`plot_sampling`) and draws new samples:
+    ``n_samples`` next tokens from the shown distribution, and, if ``generate`` is given, a
+    continuation ``generate(temperature, top_k, top_p, seed)`` (e.g. text from a model).
+    The current distribution is :attr:`probs`; the last samples are :attr:`samples` and
+    :attr:`text`. Display the explorer in a notebook cell to use it.
+    """
+
+    def __init__(self, logits: Any, labels: Sequence[str], *,
+                 generate: Callable[[float, int, float, int], str] | None = None,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 n_samples: int = 20, top: int = 20, seed: int = 0):
+        import ipywidgets as widgets
+
+        self.logits = _logits_1d(logits)
+        self.labels = list(labels)
+        self._names = _labels(self.labels, self.logits.size)
+        _check_settings(temperature, top_k, top_p, self.logits.size)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if generate is not None and not callable(generate):
+            raise TypeError(f"generate must be callable, got {generate!r}")
+        self.generate, self.n_samples, self.top = generate, n_samples, top
+        self._rng = np.random.default_rng(seed)
+        self._draws = 0
+        style = {"description_width": "90px"}
+        self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05,
+                                               description="temperature", style=style,
+                                               continuous_update=False)
+        self.top_k = widgets.IntSlider(value=top_k, min=0, max=min(self.logits.size, 50),
+                                       description="top-k (0=off)", style=style,
+                                       continuous_update=False)
+        self.top_p = widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05,
+                                         description="top-p (1=off)", style=style,
+                                         continuous_update=False)
+        self.resample = widgets.Button(description="sample again")
+        self.plot = widgets.Output()
+        self.output = widgets.Output()
+        for w in (self.temperature, self.top_k, self.top_p):
+            w.observe(lambda _change: self.update(), names="value")
+        self.resample.on_click(lambda _button: self.update())
+        self.widget = widgets.VBox([
+            widgets.HBox([self.temperature, self.top_k, self.top_p]),
+            self.resample, self.plot, self.output])
+        self.probs = np.zeros_like(self.logits, dtype=np.float64)
+        self.samples: list[str] = []
+        self.text = ""
+        self.update()
+
+    def update(self) -> None:
+        """Recompute the distribution, redraw it and draw new samples."""
+        t, k, p = float(self.temperature.value), int(self.top_k.value), float(self.top_p.value)
+        self.probs = sampling_distribution(self.logits, t, k, p)
+        ids = self._rng.choice(self.logits.size, size=self.n_samples, p=self.probs)
+        self.samples = [self._names[i] for i in ids]
+        seed = self._draws
+        self._draws += 1
+        self.text = "" if self.generate is None else self.generate(t, k, p, seed)
+        fig = plot_sampling(self.logits, self.labels, temperature=t, top_k=k, top_p=p,
+                            top=self.top)
+        self.plot.outputs = (figure_output(fig),)
+        lines = f"{self.n_samples} draws of the next token: {' '.join(self.samples)}\n"
+        if self.generate is not None:
+            lines += f"a continuation:\n{self.text}\n"
+        self.output.outputs = (_text_output(lines),)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class AttentionExplorer:
+    """Pick a sentence, a layer and a head; see that head's attention matrix and the weights
+    from one query token (e.g. "it") as bars.
+
+    ``attention[i]`` is the ``[L, H, T, T]`` attention of sentence ``i`` (or a list of per-layer
+    arrays), ``tokens[i]`` its token strings, ``queries[i]`` the query position and
+    ``marks[i]`` optional colours for key positions. :attr:`weights` holds the bars shown.
+    """
+
+    def __init__(self, attention: Sequence[Any], tokens: Sequence[Sequence[str]],
+                 queries: Sequence[int], *, marks: Sequence[dict[int, str]] | None = None,
+                 titles: Sequence[str] | None = None):
+        import ipywidgets as widgets
+
+        if not len(attention) or not (len(attention) == len(tokens) == len(queries)):
+            raise ValueError("attention, tokens and queries must be non-empty and of one length, "
+                             f"got {len(attention)}, {len(tokens)}, {len(queries)}")
+        self.attention = [_attention_array(a) for a in attention]
+        self.tokens = [list(t) for t in tokens]
+        for i, (a, t, q) in enumerate(zip(self.attention, self.tokens, queries, strict=True)):
+            if a.shape[2] != len(t):
+                raise ValueError(f"tokens[{i}] has {len(t)} tokens but attention[{i}] covers "
+                                 f"{a.shape[2]}")
+            if not 0 <= q < len(t):
+                raise ValueError(f"queries[{i}] must be in [0, {len(t)}), got {q!r}")
+        self.queries = [int(q) for q in queries]
+        self.marks = [dict(m) for m in marks] if marks is not None else [{}] * len(tokens)
+        self.titles = (list(titles) if titles is not None
+                       else [" ".join(t).strip() for t in self.tokens])
+        L, H = self.attention[0].shape[:2]
+        self.sentence = widgets.Dropdown(
+            options=[(t[:70], i) for i, t in enumerate(self.titles)], value=0,
+            description="sentence", layout=widgets.Layout(width="520px"))
+        self.layer = widgets.Dropdown(options=list(range(L)), value=0, description="layer")
+        self.head = widgets.Dropdown(options=list(range(H)), value=0, description="head")
+        self.plot = widgets.Output()
+        for w in (self.sentence, self.layer, self.head):
+            w.observe(lambda _change: self.update(), names="value")
+        self.widget = widgets.VBox([self.sentence, widgets.HBox([self.layer, self.head]),
+                                    self.plot])
+        self.weights = np.zeros(0)
+        self.update()
+
+    def figure(self) -> Figure:
+        i, layer, head = self.sentence.value, self.layer.value, self.head.value
+        att = self.attention[i][layer, head]
+        names = _labels(self.tokens[i], len(self.tokens[i]))
+        q = self.queries[i]
+        fig = _figure(9.0, 3.2)
+        left, right = fig.subplots(1, 2, width_ratios=[1, 1.3])
+        left.imshow(att, vmin=0, vmax=1, cmap="Blues")
+        left.axhline(q, color=HIGHLIGHT, lw=0.8)
+        left.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        left.set_yticks(range(len(names)), names, fontsize=7)
+        left.set_title(f"layer {layer}, head {head}: all queries", fontsize=9)
+        x = np.arange(q + 1)
+        right.bar(x, att[q, : q + 1], color=[self.marks[i].get(int(j), KEPT) for j in x])
+        right.set_xticks(x, names[: q + 1], rotation=60, ha="right", fontsize=8)
+        right.set_ylim(0, 1)
+        right.set_title(f"weights from {names[q]!r}", fontsize=9)
+        return fig
+
+    def update(self) -> None:
+        i = self.sentence.value
+        self.weights = self.attention[i][self.layer.value, self.head.value, self.queries[i],
+                                         : self.queries[i] + 1]
+        self.plot.outputs = (figure_output(self.figure()),)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
