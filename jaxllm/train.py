@@ -9,9 +9,11 @@ linear warmup then cosine decay, and global-norm gradient clipping.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Callable
 from functools import partial
@@ -26,6 +28,48 @@ from flax import nnx
 from .config import ModelConfig, TrainConfig
 from .data import Batches
 from .model import GPT
+
+# glibc malloc settings (see keep_freed_memory): blocks up to MMAP_THRESHOLD come from the
+# heap rather than from their own mmap, and the heap keeps up to TRIM_THRESHOLD of free
+# memory at its top instead of handing it back to the operating system.
+MMAP_THRESHOLD = 512 * 2**20
+TRIM_THRESHOLD = 1024 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
+_malloc_tuned: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's ``malloc`` reuse the memory of XLA's per-call buffers instead of returning
+    it to the operating system. Called by :class:`Trainer`; calling it again does nothing.
+
+    Why: every call of a compiled function on the CPU allocates its temporary buffer afresh
+    (45 MB for the train step of ``benchmarks/train_cpu.py``) and frees it at the end. glibc
+    serves blocks above 32 MB with a fresh ``mmap`` and unmaps them when they are freed, so
+    each step touches 45 MB of new pages: about 12,000 page faults, a quarter of the step's
+    time on a 2-core CPU. With higher thresholds the block stays in the heap and the next
+    step reuses it. The cost: the process keeps memory it has freed (its resident size does
+    not shrink back after a peak).
+
+    Limits: JAX runs CPU computations on worker threads, whose malloc arenas cannot hold a
+    block above 64 MB, so bigger per-step buffers are still mapped afresh each call unless
+    JAX runs computations on the calling thread (``jax.config.update(
+    "jax_cpu_enable_async_dispatch", False)`` before JAX's first computation; see
+    ``benchmarks/README.md``). Only glibc (Linux) has these settings; elsewhere, or when the
+    environment variable ``JAXLLM_KEEP_FREED_MEMORY=0`` is set, nothing changes. Returns
+    whether the settings are in force.
+    """
+    global _malloc_tuned
+    if _malloc_tuned is None:
+        _malloc_tuned = False
+        wanted = os.environ.get("JAXLLM_KEEP_FREED_MEMORY", "1") != "0"
+        if wanted and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                                     and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            except (OSError, AttributeError):
+                pass
+    return _malloc_tuned
 
 
 class TrainState(NamedTuple):
@@ -108,6 +152,7 @@ class Trainer:
                 raise ValueError(
                     f"{name} must hold ids in [0, vocab_size={model_cfg.vocab_size}), got "
                     f"values from {toks.min()} to {toks.max()}")
+        keep_freed_memory()
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         T, B, seed = model_cfg.context_length, train_cfg.batch_size, train_cfg.seed
         self.train_batches = Batches(train_tokens, B, T, seed)
@@ -187,22 +232,30 @@ class Trainer:
 
         def flush() -> dict[str, float]:
             last: dict[str, float] = {}
-            for s, m in jax.device_get(pending):
+            if not pending:
+                return last
+            # One call of the schedule for all pending steps (it is a jnp function).
+            lrs = np.asarray(self.schedule(np.array([s for s, _ in pending])))
+            for (s, m), lr in zip(jax.device_get(pending), lrs, strict=True):
                 self.history["step"].append(s)
                 self.history["loss"].append(float(m["loss"]))
                 self.history["grad_norm"].append(float(m["grad_norm"]))
-                self.history["lr"].append(float(self.schedule(s)))
+                self.history["lr"].append(float(lr))
                 last = {"loss": float(m["loss"])}
             pending.clear()
             return last
 
-        bar = tqdm(total=total, initial=self.step, disable=not progress, unit="step",
+        # Read the step counter off the device once, then count on the host: asking the
+        # device every iteration would wait for each step to finish before the next one is
+        # dispatched, where JAX's asynchronous dispatch lets the host sample and send batch
+        # s + 1 while step s is still running.
+        s = self.step
+        bar = tqdm(total=total, initial=s, disable=not progress, unit="step",
                    dynamic_ncols=True)
         t0 = time.perf_counter()
-        while self.step < total:
-            s = self.step
+        while s < total:
             pending.append((s, self.train_step(*self.train_batches[s])))
-            done = s + 1
+            s = done = s + 1
             at_eval = done % self.train_cfg.eval_interval == 0 or done == total
             at_ckpt = ckpt is not None and (
                 done == total or (checkpoint_every is not None and done % checkpoint_every == 0))
@@ -238,10 +291,11 @@ class Trainer:
         from .checkpoint import Checkpointer
 
         ckpt = Checkpointer(checkpoint_dir, create=False)
-        state, meta = ckpt.restore(self.abstract_state(), step)
+        meta = ckpt.read_meta(step)
         if meta.get("model") != self.model_cfg.to_dict():
             raise ValueError("checkpoint_dir holds a checkpoint of a different model config: "
                              f"{meta.get('model')}")
+        state, meta = ckpt.restore(self.abstract_state(), step)
         self.state = state
         self.history = {k: list(v) for k, v in meta["history"].items()}
         return self.step
