@@ -2,9 +2,10 @@
 PyTorch, written to be as fast as eager PyTorch gets on a CPU.
 
 Same architecture as :class:`jaxllm.model.GPT` with a ``gelu``/``layernorm``/``learned``
-config: token and position embeddings, pre-norm blocks (LayerNorm with bias, one fused
+config: token and position embeddings, pre-norm blocks (LayerNorm, one fused
 query/key/value projection, causal attention, output projection, a 4x MLP with tanh-GELU),
-a final LayerNorm and an LM head tied to the token embedding. Same initialisation
+a final LayerNorm and an LM head tied to the token embedding; no biases by default, as in
+nanoGPT's runs (``bias = False`` in its ``train.py``). Same initialisation
 distribution (normal, std 0.02; residual output projections 0.02 / sqrt(2 L); zero biases;
 LayerNorm scale 1), same optimiser (global-norm clipping, then AdamW with decay on tensors of
 rank >= 2, linear warmup and cosine decay). What makes it fast in eager mode:
@@ -37,6 +38,7 @@ class TorchGPTConfig:
     d_model: int
     init_std: float = 0.02
     norm_eps: float = 1e-5
+    bias: bool = False  # nanoGPT's default (train.py: bias = False)
 
 
 class Block(nn.Module):
@@ -44,12 +46,13 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.n_head = cfg.n_head
-        self.ln1 = nn.LayerNorm(d, eps=cfg.norm_eps)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.attn_proj = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d, eps=cfg.norm_eps)
-        self.fc = nn.Linear(d, 4 * d)
-        self.mlp_proj = nn.Linear(4 * d, d)
+        b = cfg.bias
+        self.ln1 = nn.LayerNorm(d, eps=cfg.norm_eps, bias=b)
+        self.qkv = nn.Linear(d, 3 * d, bias=b)
+        self.attn_proj = nn.Linear(d, d, bias=b)
+        self.ln2 = nn.LayerNorm(d, eps=cfg.norm_eps, bias=b)
+        self.fc = nn.Linear(d, 4 * d, bias=b)
+        self.mlp_proj = nn.Linear(4 * d, d, bias=b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -69,7 +72,7 @@ class TorchGPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.context_length, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         g = torch.Generator().manual_seed(seed)
         std, resid_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layer)
         with torch.no_grad():

@@ -110,7 +110,7 @@ def worker_jax(data: str, iters: int, seed: int, data_parallel: bool) -> dict:
 
     train, val, vocab = load_tokens(data)
     mcfg = ModelConfig(vocab_size=vocab, context_length=CONTEXT, n_layer=LAYERS,
-                       n_head=HEADS, d_model=WIDTH, dropout=0.0)
+                       n_head=HEADS, d_model=WIDTH, dropout=0.0, bias=False)
     tcfg = TrainConfig(steps=iters, batch_size=BATCH, learning_rate=LR,
                        min_learning_rate=MIN_LR, warmup_steps=min(WARMUP, iters - 1),
                        beta2=BETA2, weight_decay=WEIGHT_DECAY, grad_clip=CLIP, seed=seed)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                   if r and "flops_per_token" in r), None)
     tokens = BATCH * CONTEXT
     cores = os.cpu_count()
-    print(f"\nnanoGPT CPU settings: {LAYERS} layers, {HEADS} heads, width {WIDTH}, "
+    print(f"\nnanoGPT CPU settings (no biases): {LAYERS} layers, {HEADS} heads, width {WIDTH}, "
           f"context {CONTEXT}, batch {BATCH}, {args.iters} iterations, seed {args.seed}; "
           f"{args.data.name}")
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores; "

@@ -7,8 +7,8 @@ One module serves training, evaluation, plotting and decoding:
 * ``model(tokens, cache=cache, cache_index=i, positions=p, valid=v)`` runs a step of decoding
   against a fixed-size key/value cache (see :func:`init_cache`) and returns the updated cache.
 
-The cache is a plain dict of arrays, ``{"k": [L, B, S, KV, hd], "v": ...}``, so it travels
-through ``jax.jit`` and ``lax.while_loop`` like any other pytree. Causality is decided by
+The cache is a named tuple of two arrays, ``KVCache(k, v)``, each ``[L, B, S, KV, hd]``, so it
+travels through ``jax.jit`` and ``lax.while_loop`` like any other pytree. Causality is decided by
 *slot* (the index in the cache), padding by the ``valid`` mask, and token positions by
 ``positions``, which lets one compiled decode loop serve a batch of prompts of different
 lengths (left-padded).
@@ -120,7 +120,10 @@ class Linear(nnx.Linear):
 
     def __call__(self, inputs: Array, out_sharding: Any = None) -> Array:
         lead = inputs.shape[:-1]
-        y = super().__call__(inputs.reshape(-1, inputs.shape[-1]), out_sharding)
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        # out_sharding only exists from flax 0.12.1 on; pass it only when it is set.
+        y = (super().__call__(flat) if out_sharding is None
+             else super().__call__(flat, out_sharding=out_sharding))
         return y.reshape(*lead, y.shape[-1])
 
 
@@ -144,7 +147,8 @@ class Attention(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x: Array, positions: Array, mask: Array,
-                 cache: tuple[Array, Array] | None = None, cache_index: Array | int = 0,
+                 cache: tuple[Array, Array, Array | int] | None = None,
+                 cache_index: Array | int = 0,
                  dropout_key: Array | None = None, return_attention: bool = False):
         B, T, _ = x.shape
         H, KV, hd = self.n_head, self.n_kv, self.head_dim
@@ -157,11 +161,17 @@ class Attention(nnx.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         new_cache = None
         if cache is not None:
+            # The cache of *all* layers, [L, B, S, KV, hd], and this layer's index: writing
+            # into the stacked arrays lets XLA update them in place inside a decode loop
+            # (slicing out one layer and stacking the layers again would copy all of it).
+            k_all, v_all, layer = cache
             zero = jnp.zeros((), jnp.int32)
-            start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
-            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), start)
-            new_cache = (k, v)
+            start = (jnp.asarray(layer, jnp.int32), zero, jnp.asarray(cache_index, jnp.int32),
+                     zero, zero)
+            k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+            new_cache = (k_all, v_all)
+            k, v = k_all[layer], v_all[layer]
         S = k.shape[1]
         G = H // KV
         q = q * (1.0 / math.sqrt(hd))
@@ -321,23 +331,26 @@ class GPT(nnx.Module):
         if cfg.scan_layers:
             graphdef, state = nnx.split(self.blocks)
 
-            def body(x, xs):
-                layer_state, layer_cache, key = xs
+            def body(carry, xs):
+                x, kv = carry
+                layer_state, key, layer = xs
                 block = nnx.merge(graphdef, layer_state)
-                y, c, a = run(block, x, layer_cache, key)
-                return y, (c, a)
+                y, c, a = run(block, x, None if kv is None else (*kv, layer), key)
+                return (y, c), a
 
             if cfg.remat:
                 body = jax.checkpoint(body)
-            xs = (state, None if cache is None else (cache.k, cache.v), layer_keys)
-            x, (caches, attn) = jax.lax.scan(body, x, xs)
-            new_cache = None if cache is None else KVCache(*caches)
+            kv = None if cache is None else (cache.k, cache.v)
+            xs = (state, layer_keys, jnp.arange(cfg.n_layer, dtype=jnp.int32))
+            (x, kv), attn = jax.lax.scan(body, (x, kv), xs)
+            new_cache = None if cache is None else KVCache(*kv)
             attn = None if attn is None else list(attn)
             return x, new_cache, attn
 
-        ks, vs, attns = [], [], []
+        kv = None if cache is None else (cache.k, cache.v)
+        attns = []
         for i, block in enumerate(self.blocks):
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            layer_cache = None if kv is None else (*kv, i)
             key = None if layer_keys is None else layer_keys[i]
             if cfg.remat:
                 graphdef, state = nnx.split(block)
@@ -345,14 +358,11 @@ class GPT(nnx.Module):
                 def fn(state, x, layer_cache, key, graphdef=graphdef):
                     return run(nnx.merge(graphdef, state), x, layer_cache, key)
 
-                x, c, a = jax.checkpoint(fn)(state, x, layer_cache, key)
+                x, kv, a = jax.checkpoint(fn)(state, x, layer_cache, key)
             else:
-                x, c, a = run(block, x, layer_cache, key)
-            if c is not None:
-                ks.append(c[0])
-                vs.append(c[1])
+                x, kv, a = run(block, x, layer_cache, key)
             attns.append(a)
-        new_cache = KVCache(jnp.stack(ks), jnp.stack(vs)) if cache is not None else None
+        new_cache = None if cache is None else KVCache(*kv)
         return x, new_cache, (attns if return_attention else None)
 
 
@@ -384,4 +394,4 @@ def flops_per_token(cfg: ModelConfig, context: int | None = None) -> float:
     attn = d * (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim + cfg.n_head * cfg.head_dim * d
     mlp = d * cfg.mlp_width * (3 if cfg.mlp == "swiglu" else 2)
     n = L * (attn + mlp)
-    return 6.0 * (n + d * cfg.vocab_size) + 6.0 * L * T * d
+    return 6.0 * (n + d * cfg.vocab_size) + 12.0 * L * T * d

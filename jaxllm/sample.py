@@ -87,8 +87,12 @@ def sample_logits(key: jax.Array, logits: jax.Array, temperature: float | jax.Ar
     """
     logits = jnp.asarray(logits, jnp.float32)
     temperature = jnp.asarray(temperature, jnp.float32)
+    top_k, top_p = jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32)
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-    scaled = top_p_filter(top_k_filter(scaled, top_k), top_p)
+    # Both filters sort the vocabulary; skip them (at run time, no recompilation) when off.
+    scaled = jax.lax.cond((top_k > 0) | (top_p < 1.0),
+                          lambda z: top_p_filter(top_k_filter(z, top_k), top_p),
+                          lambda z: z, scaled)
     sampled = jax.random.categorical(key, scaled, axis=-1)
     return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
 

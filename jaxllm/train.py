@@ -30,11 +30,11 @@ from .data import Batches
 from .model import GPT
 
 # glibc malloc settings (see keep_freed_memory): blocks up to MMAP_THRESHOLD come from the
-# heap rather than from their own mmap, and the heap keeps up to TRIM_THRESHOLD of free
-# memory at its top instead of handing it back to the operating system.
+# heap rather than from their own mmap, the heap keeps up to TRIM_THRESHOLD of free memory at
+# its top instead of handing it back to the operating system, and all threads share one arena.
 MMAP_THRESHOLD = 512 * 2**20
 TRIM_THRESHOLD = 1024 * 2**20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt parameters (malloc.h)
 _malloc_tuned: bool | None = None
 
 
@@ -50,13 +50,18 @@ def keep_freed_memory() -> bool:
     step reuses it. The cost: the process keeps memory it has freed (its resident size does
     not shrink back after a peak).
 
-    Limits: JAX runs CPU computations on worker threads, whose malloc arenas cannot hold a
-    block above 64 MB, so bigger per-step buffers are still mapped afresh each call unless
-    JAX runs computations on the calling thread (``jax.config.update(
-    "jax_cpu_enable_async_dispatch", False)`` before JAX's first computation; see
-    ``benchmarks/README.md``). Only glibc (Linux) has these settings; elsewhere, or when the
-    environment variable ``JAXLLM_KEEP_FREED_MEMORY=0`` is set, nothing changes. Returns
-    whether the settings are in force.
+    Threads: JAX runs CPU computations on worker threads, and glibc gives threads arenas of
+    their own, which cannot keep a block above 64 MB and hand freed memory back by other
+    rules; which arena served a step depended on what the process had done before (a harmless
+    change to model initialisation brought 7,700 faults a step back). So the settings also
+    limit malloc to one arena (``M_ARENA_MAX``): threads that have no arena yet then allocate
+    from the main heap, where the thresholds above apply, and bigger per-step buffers are
+    reused too (batch 32: 125 MB, 34,000 faults and 130 ms a step before, none and 84 ms
+    after; see ``benchmarks/README.md``).
+
+    Only glibc (Linux) has these settings; elsewhere, or when the environment variable
+    ``JAXLLM_KEEP_FREED_MEMORY=0`` is set, nothing changes. Returns whether the settings are
+    in force.
     """
     global _malloc_tuned
     if _malloc_tuned is None:
@@ -66,10 +71,27 @@ def keep_freed_memory() -> bool:
             try:
                 libc = ctypes.CDLL("libc.so.6")
                 _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-                                     and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+                                     and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                                     and libc.mallopt(_M_ARENA_MAX, 1))
             except (OSError, AttributeError):
                 pass
     return _malloc_tuned
+
+
+def release_free_memory() -> None:
+    """Give the pages of memory that ``malloc`` holds free back to the operating system.
+
+    The complement of :func:`keep_freed_memory`, which stops glibc from doing so on its own:
+    :class:`Trainer` calls this after XLA has compiled something (initialisation, the first
+    train and evaluation steps), whose scratch memory would otherwise stay resident for the
+    rest of the run (about 150 MB for ``benchmarks/train_cpu.py``). A no-op unless the
+    ``keep_freed_memory`` settings are in force.
+    """
+    if _malloc_tuned:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 class TrainState(NamedTuple):
@@ -119,7 +141,7 @@ def train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     loss, grads = jax.value_and_grad(loss_fn)(state.params, graphdef, x, y, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
@@ -160,16 +182,20 @@ class Trainer:
         if val_tokens is not None:
             self.eval_sets["val"] = Batches(np.asarray(val_tokens, np.int32), B, T, seed + 2)
 
+        self.tx = make_optimizer(train_cfg)
+        self.schedule = learning_rate_schedule(train_cfg)
         if model is None:
             model = GPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
         self.graphdef, params = nnx.split(model)
-        self.tx = make_optimizer(train_cfg)
-        self.schedule = learning_rate_schedule(train_cfg)
-        self.state = TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
-        dropout_seed = seed + 3 if model_cfg.dropout > 0 else None
-        self._train_step = jax.jit(partial(train_step, self.graphdef, self.tx, dropout_seed),
-                                   donate_argnums=0)
+        opt_state = jax.jit(self.tx.init)(params)
+        self.state = TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+        #: seed of the dropout masks (None without dropout); step s uses fold_in(key, s)
+        self.dropout_seed = seed + 3 if model_cfg.dropout > 0 else None
+        self._train_step = jax.jit(
+            partial(train_step, self.graphdef, self.tx, self.dropout_seed), donate_argnums=0)
         self._eval_step = jax.jit(partial(eval_step, self.graphdef))
+        self._compiled = {"train": False, "eval": False}
+        release_free_memory()
         self.history: dict[str, list[float]] = {
             "step": [], "loss": [], "grad_norm": [], "lr": [],
             "eval_step": [], **{f"{k}_loss": [] for k in self.eval_sets}}
@@ -186,12 +212,18 @@ class Trainer:
         return nnx.merge(self.graphdef, params)
 
     def abstract_state(self) -> TrainState:
-        return jax.eval_shape(lambda: self.state)
+        """Shapes, dtypes and shardings of the state: a checkpoint restored against it lands
+        on this trainer's devices, whatever devices saved it."""
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
 
     # -- steps ---------------------------------------------------------------------------
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, jax.Array]:
         """Advance by one step on the batch ``(x, y)``; returns device-side metrics."""
         self.state, metrics = self._train_step(self.state, x, y)
+        if not self._compiled["train"]:  # the first call compiled the step
+            self._compiled["train"] = True
+            release_free_memory()
         return metrics
 
     def evaluate(self, batches: int | None = None) -> dict[str, float]:
@@ -201,6 +233,9 @@ class Trainer:
         for name, data in self.eval_sets.items():
             losses = [self._eval_step(self.state.params, *data[i]) for i in range(n)]
             out[name] = float(np.mean(jax.device_get(losses)))
+        if not self._compiled["eval"]:
+            self._compiled["eval"] = True
+            release_free_memory()
         return out
 
     def fit(self, steps: int | None = None, *, progress: bool = True,

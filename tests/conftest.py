@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,28 @@ from jaxllm.config import ModelConfig, TrainConfig
 
 CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met on a mat. "
           "the mat was red and the log was wet. ") * 40
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Yield a list that gets one entry per XLA compilation while the block runs."""
+    import jax
+
+    compiles: list[str] = []
+
+    def listener(name, *_args, **_kw):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiles
+    finally:
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is None:  # jax < 0.8.1 only has the private spelling
+            from jax._src import monitoring
+            unregister = monitoring._unregister_event_duration_listener_by_callback
+        unregister(listener)
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def run_steps(step, state, batches: Batches, start: int, stop: int):
 
 def specs(tree) -> dict[str, str]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {sh.path_name(p): str(x.sharding.spec) for p, x in flat}
+    return {sh.path_name(p): str(tuple(x.sharding.spec)) for p, x in flat}
 
 
 def host(tree):
@@ -99,7 +99,7 @@ def mesh_checks(out_dir: str) -> dict:
     res["trainer_restore_exact"] = all(
         np.array_equal(a, b) for a, b in zip(host(again.state), host(data.state), strict=True))
     kernel = again.state.params["blocks"][0]["mlp"]["fc"]["kernel"]
-    res["trainer_restore_spec"] = str(kernel.sharding.spec)
+    res["trainer_restore_spec"] = str(tuple(kernel.sharding.spec))
 
     # Created sharded on an fsdp mesh (no full copy anywhere), saved halfway.
     mesh = sh.make_mesh(fsdp=4)

@@ -44,10 +44,10 @@ def test_resumed_run_gives_exactly_the_same_losses(char_corpus, tmp_path):
 
 
 def test_checkpointer_keeps_the_newest_and_restores_a_given_step(tmp_path):
-    state = {"w": np.arange(4.0), "step": np.int32(0)}
+    state = {"w": np.arange(4.0), "step": np.asarray(0, np.int32)}
     ck = Checkpointer(tmp_path, max_to_keep=2)
     for s in (1, 2, 3):
-        ck.save(s, {**state, "step": np.int32(s)}, {"note": f"step {s}"})
+        ck.save(s, {**state, "step": np.asarray(s, np.int32)}, {"note": f"step {s}"})
     assert ck.all_steps() == [2, 3]
     abstract = jax.eval_shape(lambda: state)
     restored, meta = ck.restore(abstract, step=2)

@@ -480,10 +480,12 @@ def test_endless_notebooks_are_stopped_with_all_their_processes(stopped):
     rows, pids = stopped
     assert rows["loops"]["reason"] == "stopped after the 25 s time limit (endless loop?)"
     # Endless output: the grader keeps none of it past the limit, but the kernel queues what
-    # the grader cannot read fast enough, so the memory limit may stop it before the clock.
+    # the grader cannot read fast enough, so the memory limit may stop it before the clock
+    # (and before the grader has read past the output limit).
     assert re.fullmatch(r"(stopped after the 25 s time limit \(endless loop\?\)|"
-                        r"stopped: used \d+ MB, over the 1500 MB memory limit); "
-                        r"it had printed \d+ MB past the output limit", rows["prints"]["reason"])
+                        r"stopped: used \d+ MB, over the 1500 MB memory limit)"
+                        r"(; it had printed \d+ MB past the output limit)?",
+                        rows["prints"]["reason"])
     for name in ("loops", "prints"):
         assert _scores(rows[name]) == [0, 0, 0, 0]
         pid = pids[name]  # the kernel that ran the notebook

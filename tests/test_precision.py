@@ -125,11 +125,22 @@ def test_bfloat16_compute_float32_state(tokens, reference):
     assert losses[-1] < losses[0] - 0.5
 
 
+def _sub_jaxprs(values):
+    """The jaxprs among an equation's parameters (scan, remat, pjit, cond...)."""
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            yield from _sub_jaxprs(v)
+        elif hasattr(v, "eqns"):  # Jaxpr
+            yield v
+        elif hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):  # ClosedJaxpr
+            yield v.jaxpr
+
+
 def _primitives(jaxpr) -> set[str]:
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in _sub_jaxprs(eqn.params.values()):
             names |= _primitives(sub)
     return names
 

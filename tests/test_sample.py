@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import count_compiles
 from jaxllm.sample import (
     WINDOW_KEEP,
     generate,
@@ -96,19 +97,10 @@ def test_decode_loop_compiles_once_for_new_settings(trained_tiny):
     model, tok, _ = trained_tiny
     p = [tok.encode("the cat"), tok.encode("a dog sat"), tok.encode("t")]
     generate(model, p, N, temperature=0.7, seed=0)
-    compiles = []
-
-    def listener(name, *_args, **_kw):
-        if name == "/jax/core/compile/backend_compile_duration":
-            compiles.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with count_compiles() as compiles:
         generate(model, p, N, temperature=1.3, top_k=5, top_p=0.8, seed=7)
         generate(model, [tok.encode("the log"), tok.encode("wet"), tok.encode("a mat")], N,
                  temperature=0, stop_token=3, seed=1)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
 
 

@@ -112,11 +112,11 @@ def test_fsdp_matches_one_device_and_splits_the_state(runs):
     _close(r["fsdp"], r["one"])
     # Matrices and their Adam moments are split four ways; vectors and counters are not.
     specs = r["fsdp_specs"]
-    assert specs["params/blocks/0/attn/qkv/kernel"] == "P('fsdp', None)"
-    assert specs["opt_state/1/0/mu/blocks/0/attn/qkv/kernel"] == "P('fsdp', None)"
-    assert specs["opt_state/1/0/nu/wte/embedding"] == "P(None, 'fsdp')"
-    assert specs["params/norm_f/scale"] == "P(None,)"
-    assert specs["step"] == "P()"
+    assert specs["params/blocks/0/attn/qkv/kernel"] == "('fsdp', None)"
+    assert specs["opt_state/1/0/mu/blocks/0/attn/qkv/kernel"] == "('fsdp', None)"
+    assert specs["opt_state/1/0/nu/wte/embedding"] == "(None, 'fsdp')"
+    assert specs["params/norm_f/scale"] == "(None,)"
+    assert specs["step"] == "()"
     assert r["fsdp_qkv_shard_shapes"] == [[8, 96]] * 4  # a [32, 96] kernel in 4 row blocks
     # Each device holds about a quarter of the parameters (vectors are replicated).
     assert r["fsdp_param_bytes"] < 0.3 * r["data_param_bytes"]
@@ -140,7 +140,7 @@ def test_sharded_trainer_restores_onto_its_own_mesh(runs):
     r = runs["mesh"]
     assert r["trainer_restore_step"] == 20
     assert r["trainer_restore_exact"]
-    assert r["trainer_restore_spec"] == "P('fsdp', None)"  # saved from data=4, now fsdp=4
+    assert r["trainer_restore_spec"] == "('fsdp', None)"  # saved from data=4, now fsdp=4
 
 
 def test_batch_not_divisible_by_devices_is_refused(runs):

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import count_compiles
 from jaxllm.config import ModelConfig, TrainConfig
 from jaxllm.train import Trainer, learning_rate_schedule
 
@@ -37,21 +38,12 @@ def test_train_step_compiles_once(char_corpus):
     _, ids = char_corpus
     trainer = _trainer(ids)
     batches = [trainer.train_batches[s] for s in range(6)]  # host arrays, no JAX work
-    compiles = []
-
-    def listener(name, *_args, **_kw):
-        if name == "/jax/core/compile/backend_compile_duration":
-            compiles.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with count_compiles() as compiles:
         trainer.train_step(*batches[0])
         first = len(compiles)
         for x, y in batches[1:]:
             trainer.train_step(x, y)
         jax.block_until_ready(trainer.state)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert first >= 1
     assert len(compiles) == first, "the train step compiled again after its first call"
     assert trainer._train_step._cache_size() == 1
