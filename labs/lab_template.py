@@ -229,26 +229,14 @@ def stamp_notebook(path: Path, config_path: Path = CONFIG_PATH) -> bool:
     """
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    source = lab_cell_source(lab_of(path), config_path)
     index = first_code_cell_index(nb)
-    changed = False
-    if index is not None and nb.cells[index].source.startswith(LAB_CELL_FIRST_LINE):
-        cell = nb.cells[index]
-        if cell.source != source:
-            cell.source, cell.outputs, cell.execution_count = source, [], None
-            changed = True
-    else:
+    if index is None or not nb.cells[index].source.startswith(LAB_CELL_FIRST_LINE):
         index = next(
             (i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells)
         )
-        cell = nbformat.v4.new_code_cell(source)
-        nb.cells.insert(index, cell)
-        changed = True
-    tags = cell.metadata.setdefault("tags", [])
-    for tag in LAB_CELL_TAGS:
-        if tag not in tags:
-            tags.append(tag)
-            changed = True
+        nb.cells.insert(index, nbformat.v4.new_code_cell(""))
+    changed = _notebook_template().put_cell(
+        nb.cells[index], lab_cell_source(lab_of(path), config_path), LAB_CELL_TAGS)
     if changed:
         nbformat.validate(nb)
         nbformat.write(nb, path)

@@ -144,30 +144,32 @@ def check_notebook(path: Path, config_path: Path = CONFIG_PATH) -> list[str]:
     return problems
 
 
+def put_cell(cell: nbformat.NotebookNode, source: str, tags: tuple[str, ...] | list[str]) -> bool:
+    """Give a template cell its source (clearing stale outputs) and tags; True if it changed.
+
+    Shared by this script and ``labs/lab_template.py``: both stamp a generated first cell.
+    """
+    changed = False
+    if cell.source != source:
+        cell.source, cell.outputs, cell.execution_count = source, [], None
+        changed = True
+    have = cell.metadata.setdefault("tags", [])
+    for tag in tags:
+        if tag not in have:
+            have.append(tag)
+            changed = True
+    return changed
+
+
 def stamp_notebook(path: Path, config_path: Path = CONFIG_PATH) -> bool:
     """Write the template cells into a notebook; return True if the file changed."""
     nb = nbformat.read(path, as_version=4)
-    source = install_cell_source(config_path)
     index = first_code_cell_index(nb)
-    changed = False
-    if index is not None and _is_install_cell(nb.cells[index]):
-        cell = nb.cells[index]
-        if cell.source != source:
-            cell.source = source
-            cell.outputs = []
-            cell.execution_count = None
-            changed = True
-    else:
+    if index is None or not _is_install_cell(nb.cells[index]):
         # Insert right after the title (a leading markdown cell), before everything else.
         index = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
-        cell = nbformat.v4.new_code_cell(source)
-        nb.cells.insert(index, cell)
-        changed = True
-    tags = cell.metadata.setdefault("tags", [])
-    for tag in INSTALL_CELL_TAGS:
-        if tag not in tags:
-            tags.append(tag)
-            changed = True
+        nb.cells.insert(index, nbformat.v4.new_code_cell(""))
+    changed = put_cell(nb.cells[index], install_cell_source(config_path), INSTALL_CELL_TAGS)
     following = [c for c in nb.cells[index + 1 :] if c.cell_type == "code"]
     if not following or not _is_setup_cell(following[0]):
         nb.cells.insert(index + 1, nbformat.v4.new_code_cell(setup_cell_source()))
