@@ -9,10 +9,11 @@ used for counting parameters with :func:`jax.eval_shape`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .validate import check_bool, check_choice, check_int, check_number
 
 MlpKind = Literal["gelu", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
@@ -26,27 +27,12 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    check_int(name, value, min=minimum)
 
 
 def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
                  high_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high or value != value:  # the last catches NaN
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value!r}")
+    check_number(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
 @dataclass(frozen=True)
@@ -95,11 +81,11 @@ class ModelConfig:
         if self.d_model % self.n_head:
             raise ValueError(
                 f"d_model must be divisible by n_head={self.n_head}, got {self.d_model}")
-        _check_choice("mlp", self.mlp, _MLP_KINDS)
-        _check_choice("norm", self.norm, _NORM_KINDS)
-        _check_choice("positions", self.positions, _POSITION_KINDS)
-        _check_choice("dtype", self.dtype, _DTYPES)
-        _check_choice("param_dtype", self.param_dtype, _DTYPES)
+        check_choice("mlp", self.mlp, _MLP_KINDS)
+        check_choice("norm", self.norm, _NORM_KINDS)
+        check_choice("positions", self.positions, _POSITION_KINDS)
+        check_choice("dtype", self.dtype, _DTYPES)
+        check_choice("param_dtype", self.param_dtype, _DTYPES)
         _check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
         _check_float("norm_eps", self.norm_eps, 0.0, 1.0, low_open=True)
         _check_float("init_std", self.init_std, 0.0, 10.0, low_open=True)
@@ -107,8 +93,7 @@ class ModelConfig:
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"positions='rope' needs an even head_dim, got {self.head_dim}")
         for name in ("bias", "tie_embeddings", "remat", "scan_layers"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
 
     @property
     def head_dim(self) -> int:
@@ -274,10 +259,3 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
     return PRESETS[name]
-
-
-def save_json(path: str, **configs: ModelConfig | TrainConfig | Mapping[str, Any]) -> None:
-    """Write configs (dataclasses or plain dicts) as one JSON object, keyed by name."""
-    out = {k: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for k, v in configs.items()}
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2, sort_keys=True)
