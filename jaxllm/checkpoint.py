@@ -4,6 +4,8 @@ Orbax writes each checkpoint into a temporary folder and renames it into place o
 file is on disk, so a run killed mid-save leaves the previous checkpoint as the latest one.
 Besides the arrays (parameters, optimizer state, step) a checkpoint stores JSON metadata: the
 configs, the data position and the metrics history, which is what an exact resume needs.
+This module knows nothing of what it saves: :mod:`jaxllm.train` builds the structure a
+checkpoint is restored into (and ``jaxllm.train.load_run`` loads a run's model).
 
 A run directory looks like::
 
@@ -19,11 +21,10 @@ import json
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
-from flax import nnx
 
 from .config import ModelConfig, TrainConfig
+from .validate import check_int, write_json_atomic
 
 RUN_FILE = "run.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -40,8 +41,7 @@ class Checkpointer:
             raise ValueError(f"checkpoint directory must exist, got {directory!r}")
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise ValueError(f"directory must be a folder, got the file {directory!r}")
-        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be a positive int, got {max_to_keep!r}")
+        check_int("max_to_keep", max_to_keep, min=1)
         self.directory = directory
         self._manager = ocp.CheckpointManager(
             directory,
@@ -54,9 +54,6 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
@@ -86,15 +83,6 @@ class Checkpointer:
         return out["state"], dict(out["meta"])
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_run_info(run_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig,
                    tokenizer: Any, **extra: Any) -> None:
     """Write ``run.json`` and ``tokenizer.json`` into ``run_dir`` (created if missing)."""
@@ -103,7 +91,7 @@ def write_run_info(run_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg
     tokenizer.save(os.path.join(run_dir, TOKENIZER_FILE))
     info = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(),
             "tokenizer": TOKENIZER_FILE, **extra}
-    _write_json_atomic(os.path.join(run_dir, RUN_FILE), info)
+    write_json_atomic(os.path.join(run_dir, RUN_FILE), info)
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -114,33 +102,3 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
             f"got {os.fspath(run_dir)!r}")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def load_run(run_dir: str | os.PathLike, step: int | None = None):
-    """The trained model, its tokenizer and its run info from a run directory."""
-    from .model import GPT
-    from .tokenizer import load_tokenizer
-
-    run_dir = os.fspath(run_dir)
-    info = read_run_info(run_dir)
-    model_cfg = ModelConfig.from_dict(info["model"])
-    abstract = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract)
-    ckpt = Checkpointer(os.path.join(run_dir, CHECKPOINT_DIR), create=False)
-    # The saved tree is a TrainState; rebuild its abstract structure from the configs.
-    from .train import TrainState, make_optimizer
-
-    tx = make_optimizer(TrainConfig.from_dict(info["train"]))
-    abstract_state = jax.eval_shape(
-        lambda: TrainState(jax.numpy.zeros((), jax.numpy.int32), abstract_params,
-                           tx.init(abstract_params)))
-    # Load onto this process's first device, whatever mesh the run was saved from (a run
-    # trained on a pod slice can be sampled on a laptop).
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract_state = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state)
-    state, _ = ckpt.restore(abstract_state, step)
-    params = state.params
-    model = nnx.merge(graphdef, params)
-    tokenizer = load_tokenizer(os.path.join(run_dir, info.get("tokenizer", TOKENIZER_FILE)))
-    return model, tokenizer, info

@@ -395,3 +395,24 @@ def flops_per_token(cfg: ModelConfig, context: int | None = None) -> float:
     mlp = d * cfg.mlp_width * (3 if cfg.mlp == "swiglu" else 2)
     n = L * (attn + mlp)
     return 6.0 * (n + d * cfg.vocab_size) + 12.0 * L * T * d
+
+
+def ablate_head(params: nnx.State, layer: int, head: int, head_dim: int) -> nnx.State:
+    """A copy of a GPT's parameters in which the output of attention head ``head`` of block
+    ``layer`` is multiplied by zero (its rows of the output projection are zeroed), the
+    intervention that tests whether the model needs that head. ``params`` is unchanged."""
+    from .validate import check_int
+
+    blocks = params["blocks"]
+    n_layer = len(blocks) if hasattr(blocks, "__len__") else None
+    check_int("layer", layer, min=0, max=None if n_layer is None else n_layer - 1)
+    check_int("head", head, min=0)
+    check_int("head_dim", head_dim, min=1)
+    kernel = params["blocks"][layer]["attn"]["proj"]["kernel"]
+    if (head + 1) * head_dim > kernel.shape[0]:
+        raise ValueError(f"head must be below {kernel.shape[0] // head_dim} heads of "
+                         f"head_dim={head_dim}, got {head}")
+    out = jax.tree.map(lambda a: a, params)  # a new tree; arrays are immutable
+    target = out["blocks"][layer]["attn"]["proj"]["kernel"]
+    target[...] = target[...].at[head * head_dim:(head + 1) * head_dim].set(0.0)
+    return out

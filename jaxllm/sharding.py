@@ -1,10 +1,11 @@
 """Sharding: one train step for 1 CPU, N simulated devices, a GPU node or a TPU pod slice.
 
 Everything here is JAX's own machinery: a :class:`jax.sharding.Mesh` of devices with two named
-axes, :class:`~jax.sharding.NamedSharding` placements for every array, and ``jax.jit`` with
-``in_shardings``/``out_shardings`` around the pure :func:`jaxllm.train.train_step`. XLA's SPMD
-partitioner then inserts the collectives (all-gathers of sharded parameters, reduce-scatters and
-all-reduces of gradients); the model code does not change.
+axes and :class:`~jax.sharding.NamedSharding` placements for every array. This module only
+*plans* placements; :class:`jaxllm.train.Trainer` (``Trainer(..., mesh=mesh)``) compiles the
+pure :func:`jaxllm.train.train_step` with ``jax.jit`` and these ``in_shardings`` and
+``out_shardings``. XLA's SPMD partitioner then inserts the collectives (all-gathers of sharded
+parameters, reduce-scatters and all-reduces of gradients); the model code does not change.
 
 The mesh has two axes:
 
@@ -35,31 +36,22 @@ import importlib.util
 import os
 import re
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig
 from .model import GPT
-from .train import TrainState, eval_step, make_optimizer, train_step
+from .validate import check_int
 
 AXES = ("data", "fsdp")
 BATCH_SPEC = PartitionSpec(("data", "fsdp"))
 REPLICATED = PartitionSpec()
 
 # -- the mesh -------------------------------------------------------------------------------
-
-
-def _check_size(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < 1):
-        raise ValueError(f"{name} must be None or a positive int, got {value!r}")
 
 
 def make_mesh(data: int | None = None, fsdp: int | None = None,
@@ -71,8 +63,8 @@ def make_mesh(data: int | None = None, fsdp: int | None = None,
     of devices. Devices are laid out by :func:`jax.make_mesh`, which knows TPU and GPU
     topologies, so neighbouring ``fsdp`` devices are close (the same host where possible).
     """
-    _check_size("data", data)
-    _check_size("fsdp", fsdp)
+    check_int("data", data, min=1, none_ok=True)
+    check_int("fsdp", fsdp, min=1, none_ok=True)
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices must hold at least one device, got an empty sequence")
@@ -244,6 +236,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, BATCH_SPEC)
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of ``mesh`` (metrics, scalars)."""
+    return NamedSharding(mesh, REPLICATED)
+
+
 def _check_batch(name: str, x: Any, mesh: Mesh) -> None:
     n = mesh.shape["data"] * mesh.shape["fsdp"]
     shape = np.shape(x)
@@ -265,7 +262,7 @@ def shard_batch(x: Any, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-# -- sharded initialisation and state --------------------------------------------------------
+# -- sharded initialisation ---------------------------------------------------------------------
 
 
 def init_params(model_cfg: ModelConfig, mesh: Mesh, *, seed: int = 0,
@@ -274,167 +271,18 @@ def init_params(model_cfg: ModelConfig, mesh: Mesh, *, seed: int = 0,
 
     The initialiser is compiled with ``out_shardings``, so each device computes only its own
     pieces and no full copy of the model exists anywhere. The values equal those of
-    ``GPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))`` (what
-    :class:`~jaxllm.train.Trainer` builds).
+    ``GPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))`` up to the last bit of the
+    normal sampler's rounding. (:class:`jaxllm.train.Trainer` creates its whole train state
+    this way when given a mesh.)
     """
-    graphdef, params, _, _ = _plan(model_cfg, None, mesh, rules)
+    if not isinstance(model_cfg, ModelConfig):
+        raise TypeError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(0))))
 
     def init() -> nnx.State:
         return nnx.split(GPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed))))[1]
 
-    return graphdef, jax.jit(init, out_shardings=params)()
-
-
-def _plan(model_cfg: ModelConfig, tx: optax.GradientTransformation | None, mesh: Mesh,
-          rules: Sequence[Rule]):
-    if not isinstance(model_cfg, ModelConfig):
-        raise TypeError(f"model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
-    abstract = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, abstract_params = nnx.split(abstract)
-    param_sh = shardings(abstract_params, mesh, rules)
-    abstract_state = state_sh = None
-    if tx is not None:
-        abstract_state = jax.eval_shape(
-            lambda: TrainState(jnp.zeros((), jnp.int32), abstract_params,
-                               tx.init(abstract_params)))
-        state_sh = shardings(abstract_state, mesh, rules)
-    return graphdef, param_sh, state_sh, abstract_state
-
-
-def init_train_state(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, *,
-                     rules: Sequence[Rule] = RULES,
-                     ) -> tuple[nnx.GraphDef, optax.GradientTransformation, TrainState]:
-    """Graph definition, optimizer and a fresh :class:`~jaxllm.train.TrainState` whose
-    parameters and Adam moments are created already sharded (seeded by ``train_cfg.seed``,
-    like :class:`~jaxllm.train.Trainer`)."""
-    if not isinstance(train_cfg, TrainConfig):
-        raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
-    tx = make_optimizer(train_cfg)
-    graphdef, _, state_sh, _ = _plan(model_cfg, tx, mesh, rules)
-
-    def init() -> TrainState:
-        model = GPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(train_cfg.seed)))
-        params = nnx.split(model)[1]
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
-    return graphdef, tx, jax.jit(init, out_shardings=state_sh)()
-
-
-def abstract_train_state(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, *,
-                         rules: Sequence[Rule] = RULES) -> TrainState:
-    """Shapes, dtypes and target shardings of a train state (nothing allocated): pass it to
-    :meth:`jaxllm.checkpoint.Checkpointer.restore` to load a checkpoint straight onto
-    ``mesh``, whatever mesh it was saved from."""
-    _, _, state_sh, shapes = _plan(model_cfg, make_optimizer(train_cfg), mesh, rules)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, state_sh)
-
-
-def shard_train_state(state: TrainState, mesh: Mesh, *,
-                      rules: Sequence[Rule] = RULES) -> TrainState:
-    """Move an existing state (e.g. a :class:`~jaxllm.train.Trainer`'s, or one restored on
-    one device) onto ``mesh`` by the rules."""
-    if not isinstance(state, TrainState):
-        raise TypeError(f"state must be a TrainState, got {type(state).__name__}")
-    return jax.device_put(state, shardings(state, mesh, rules))
-
-
-# -- the sharded steps ----------------------------------------------------------------------
-
-
-class ShardedTrainStep:
-    """``step(state, x, y) -> (state, metrics)``: :func:`jaxllm.train.train_step` compiled with
-    ``jax.jit`` for ``mesh``: the state (donated) and the batch enter and leave with their
-    shardings, the metrics come back replicated. ``x`` and ``y`` may be NumPy arrays holding
-    the global batch; they are split over the devices by :func:`shard_batch`."""
-
-    def __init__(self, graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
-                 state_shardings: TrainState, dropout_seed: int | None = None):
-        self.mesh = mesh
-        self.state_shardings = state_shardings
-        batch = batch_sharding(mesh)
-        self._step = jax.jit(partial(train_step, graphdef, tx, dropout_seed),
-                             in_shardings=(state_shardings, batch, batch),
-                             out_shardings=(state_shardings, NamedSharding(mesh, REPLICATED)),
-                             donate_argnums=0)
-
-    def __call__(self, state: TrainState, x: Any, y: Any
-                 ) -> tuple[TrainState, dict[str, jax.Array]]:
-        x, y = shard_batch(x, self.mesh), shard_batch(y, self.mesh)
-        with jax.set_mesh(self.mesh):  # the model keeps its activations split by batch
-            try:
-                return self._step(state, x, y)
-            except ValueError as e:
-                # A state placed elsewhere (e.g. restored onto the mesh it was saved from):
-                # jit refuses it before running anything, so move it here and try again.
-                if "does not match the sharding" not in str(e):
-                    raise
-                return self._step(jax.device_put(state, self.state_shardings), x, y)
-
-    def lower(self, state: Any, x: Any, y: Any) -> Any:
-        """The lowered program (``.compile().cost_analysis()``, ``.as_text()``)."""
-        with jax.set_mesh(self.mesh):
-            return self._step.lower(state, shard_batch(x, self.mesh), shard_batch(y, self.mesh))
-
-
-class ShardedEvalStep:
-    """``evaluate(params, x, y) -> loss``: the mean loss of a batch, sharded like training."""
-
-    def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any):
-        self.mesh = mesh
-        batch = batch_sharding(mesh)
-        self._step = jax.jit(partial(eval_step, graphdef),
-                             in_shardings=(param_shardings, batch, batch),
-                             out_shardings=NamedSharding(mesh, REPLICATED))
-
-    def __call__(self, params: Any, x: Any, y: Any) -> jax.Array:
-        with jax.set_mesh(self.mesh):
-            return self._step(params, shard_batch(x, self.mesh), shard_batch(y, self.mesh))
-
-
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, mesh: Mesh,
-                    state: TrainState, *, dropout_seed: int | None = None,
-                    rules: Sequence[Rule] = RULES) -> ShardedTrainStep:
-    """The sharded train step for states shaped like ``state`` (real or abstract)."""
-    return ShardedTrainStep(graphdef, tx, mesh, shardings(state, mesh, rules), dropout_seed)
-
-
-def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, params: Any, *,
-                   rules: Sequence[Rule] = RULES) -> ShardedEvalStep:
-    """The sharded evaluation step for parameters shaped like ``params``."""
-    return ShardedEvalStep(graphdef, mesh, shardings(params, mesh, rules))
-
-
-def dropout_seed_of(model_cfg: ModelConfig, train_cfg: TrainConfig) -> int | None:
-    """The dropout seed :class:`~jaxllm.train.Trainer` uses (``None`` without dropout)."""
-    return train_cfg.seed + 3 if model_cfg.dropout > 0 else None
-
-
-def shard_trainer(trainer: Any, mesh: Mesh, *, rules: Sequence[Rule] = RULES) -> Any:
-    """Make a :class:`~jaxllm.train.Trainer` train and evaluate on ``mesh``: its state is moved
-    onto the mesh, its compiled steps are replaced by the sharded ones, and ``restore`` loads
-    checkpoints straight onto the mesh (whatever mesh saved them). ``fit``, ``save``,
-    ``evaluate``, ``restore`` and ``model`` work as before.
-
-    The train batch size must be divisible by the number of devices.
-    """
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
-    if trainer.train_cfg.batch_size % n:
-        raise ValueError(f"batch_size must be divisible by the {n} devices of the mesh, got "
-                         f"{trainer.train_cfg.batch_size}")
-    seed = getattr(trainer, "dropout_seed",
-                   dropout_seed_of(trainer.model_cfg, trainer.train_cfg))
-    trainer.state = shard_train_state(trainer.state, mesh, rules=rules)
-    # Restore checkpoints straight onto this mesh, whatever mesh they were saved from.
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          trainer.state)
-    trainer.abstract_state = lambda: target
-    trainer._train_step = make_train_step(trainer.graphdef, trainer.tx, mesh, trainer.state,
-                                          dropout_seed=seed, rules=rules)
-    trainer._eval_step = make_eval_step(trainer.graphdef, mesh, trainer.state.params,
-                                        rules=rules)
-    trainer.mesh = mesh
-    return trainer
+    return graphdef, jax.jit(init, out_shardings=shardings(abstract, mesh, rules))()
 
 
 # -- several hosts --------------------------------------------------------------------------
@@ -554,10 +402,7 @@ def bytes_per_device(tree: Any) -> int:
 
 
 __all__ = [
-    "AXES", "RULES", "Placement", "Rule", "ShardedEvalStep", "ShardedTrainStep",
-    "abstract_train_state", "batch_sharding", "bytes_per_device", "describe",
-    "detect_launcher", "dropout_seed_of", "init_params", "init_train_state",
-    "initialize_distributed", "make_eval_step", "make_mesh", "make_train_step",
-    "param_placements", "partition_specs", "shard_batch", "shard_train_state",
-    "shard_trainer", "shardings",
+    "AXES", "RULES", "Placement", "Rule", "batch_sharding", "bytes_per_device", "describe",
+    "detect_launcher", "init_params", "initialize_distributed", "make_mesh",
+    "param_placements", "partition_specs", "replicated", "shard_batch", "shardings",
 ]

@@ -14,11 +14,14 @@ and checks its arguments before doing any work.
 * **Capital-city facts** (:func:`load_capitals`, :func:`capital_sentences`): "The capital of
   France is Paris." from the list of countries and capitals shipped in
   ``jaxllm/resources/capitals.csv`` (GeoNames data; see ``CAPITALS-SOURCE.md`` beside it).
-* **Sentence-aligned batches** (:class:`SentenceBatches`): training windows that each start at
-  the beginning of a sentence, which is how short synthetic sentences are learned quickly.
+* **Experiments on them** (chapter 11.2): :func:`train_on_sentences` trains a model through
+  :class:`jaxllm.train.Trainer` on sentence-aligned batches (:class:`jaxllm.data.SentenceBatches`);
+  :class:`ItProbe` measures what a trained model does after "it": accuracy, attention from
+  "it" averaged by kind of verb, and the accuracy lost when one head is silenced
+  (:func:`jaxllm.model.ablate_head`); :func:`swapped` makes the intervention sentences.
 
-This module imports nothing from the rest of ``jaxllm`` except :mod:`jaxllm.data` (to find
-shipped resources).
+The generators import nothing of ``jaxllm`` but :mod:`jaxllm.data`; the experiments sit above
+the model and the trainer, like the other experiment modules.
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ __all__ = [
     "SUBJECT_VERBS",
     "ItSentence",
     "ItTask",
-    "SentenceBatches",
+    "ItProbe",
+    "it_batch",
+    "swapped",
+    "train_on_sentences",
+    "word_level_bpe",
     "capital_sentences",
     "it_corpus",
     "load_capitals",
@@ -350,44 +357,197 @@ def capital_sentences(pairs: Sequence[tuple[str, str]] | None = None, *, repeats
     return [sentences[i] for i in order]
 
 
-@dataclass(frozen=True)
-class SentenceBatches:
-    """Training windows that each start at the beginning of a sentence.
+# -- experiments on the "it" sentences (chapter 11.2) ----------------------------------------------
 
-    Like :class:`jaxllm.data.Batches`, ``batches[step]`` is a pair ``(x, y)`` of int32 arrays
-    ``[batch_size, context_length]`` (``y`` is ``x`` shifted by one token), drawn from
-    ``np.random.default_rng([seed, step])``; but every window starts right after a
-    ``separator`` token (and at the very start), so each row begins with a whole sentence at
-    position 0. Short synthetic sentences are learned much faster this way than from windows at
-    random offsets, where most sentences are cut and land at arbitrary positions.
+def word_level_bpe(corpus: str, *, max_vocab: int = 4096):
+    """A BPE tokenizer trained on ``corpus`` until no pair is left to merge, so that every
+    distinct word of the corpus becomes one token (attention maps then line up with words)."""
+    import warnings
+
+    from .tokenizer import BPETokenizer
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no more pairs to merge.*")
+        return BPETokenizer.train(corpus, vocab_size=max_vocab, pattern="gpt2")
+
+
+def train_on_sentences(tokenizer: Any, corpus: str, model_cfg: Any, steps: int, *,
+                       batch_size: int = 64, learning_rate: float = 1e-2, seed: int = 0,
+                       warmup_steps: int = 50, separator: str = "\n"):
+    """Train a fresh model on rows that each start with a whole sentence of ``corpus`` (one
+    sentence per line), at a constant learning rate after ``warmup_steps``, without weight
+    decay or evaluations. Returns the :class:`jaxllm.train.Trainer`."""
+    from .config import TrainConfig
+    from .data import SentenceBatches
+    from .train import Trainer
+
+    ids = np.asarray(tokenizer.encode(corpus), np.int32)
+    train_cfg = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                            min_learning_rate=learning_rate, warmup_steps=warmup_steps,
+                            weight_decay=0.0, eval_interval=steps, seed=seed)
+    sep = tokenizer.encode(separator)
+    if len(sep) != 1:
+        raise ValueError(f"separator must be one token of the tokenizer, got {separator!r} "
+                         f"({len(sep)} tokens)")
+    batches = SentenceBatches(ids, sep[0], batch_size, model_cfg.context_length, seed)
+    trainer = Trainer(model_cfg, train_cfg, batches)
+    trainer.fit(progress=False)
+    return trainer
+
+
+def it_batch(sentences: Sequence[ItSentence], tokenizer: Any
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids of the sentences, right-padded with the newline token ``[N, T]``, the
+    position of "it" in each ``[N]``, and the id of the correct next word ``[N]``."""
+    if not sentences:
+        raise ValueError("sentences must hold at least one ItSentence, got none")
+    seqs = [tokenizer.encode(s.text) for s in sentences]
+    tokens = np.full((len(seqs), max(map(len, seqs))), tokenizer.encode("\n")[0], np.int32)
+    for i, seq in enumerate(seqs):
+        tokens[i, : len(seq)] = seq
+    it_pos = np.array([s.it_index for s in sentences])
+    answer = np.array([tokenizer.encode(" " + s.answer)[0] for s in sentences])
+    return tokens, it_pos, answer
+
+
+def swapped(sentences: Sequence[ItSentence], which: str, animals: Sequence[str], seed: int
+            ) -> list[ItSentence]:
+    """Each sentence with its referent (``which="referent"``) or the other animal
+    (``which="other"``) replaced by an animal drawn from ``animals`` (neither of the two)."""
+    if which not in ("referent", "other"):
+        raise ValueError(f"which must be 'referent' or 'other', got {which!r}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in sentences:
+        new = str(rng.choice([a for a in animals if a not in (s.subject, s.obj)]))
+        target = s.referent if which == "referent" else s.other
+        subject = new if s.subject == target else s.subject
+        obj = new if s.obj == target else s.obj
+        out.append(make_it_sentence(subject, s.verb, obj, template=s.template))
+    return out
+
+
+@dataclass(frozen=True)
+class AttentionTable:
+    """Mean attention from "it" onto the subject, the verb and the object of the sentences,
+    by kind of verb: arrays ``[layers, heads]`` for verbs whose referent is the subject
+    (``woke``-type) and the object (``feared``-type); ``selectivity`` is the mean weight on the
+    referent minus that on the other animal."""
+
+    after_subject_verbs: dict[str, np.ndarray]
+    after_object_verbs: dict[str, np.ndarray]
+    selectivity: np.ndarray
+
+    def __str__(self) -> str:
+        L, H = self.selectivity.shape
+        lines = [f"{'':11}{'after woke-type verbs':^24}|{'after feared-type verbs':^24}|",
+                 f"{'':11}" + f"{'subject':>8}{'verb':>8}{'object':>8}|" * 2
+                 + " referent minus other"]
+        roles = ("subject", "verb", "object")
+        for layer in range(L):
+            for h in range(H):
+                cells = [t[r][layer, h] for t in (self.after_subject_verbs,
+                                                  self.after_object_verbs) for r in roles]
+                lines.append(f"L{layer} head {h} " + "".join(f"{c:8.2f}" for c in cells[:3])
+                             + "|" + "".join(f"{c:8.2f}" for c in cells[3:])
+                             + f"|{self.selectivity[layer, h]:8.2f}")
+        top = np.unravel_index(np.argmax(self.selectivity), self.selectivity.shape)
+        lines.append(f"most referent-selective head: layer {top[0]} head {top[1]} "
+                     f"({self.selectivity[top]:.2f}); heads above 0.9: "
+                     f"{int((self.selectivity > 0.9).sum())}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    """Held-out accuracy of the full model and the accuracy lost when each head is silenced
+    (``drops`` ``[layers, heads]``)."""
+
+    accuracy: float
+    drops: np.ndarray
+    threshold: float = 0.05
+
+    @property
+    def needed(self) -> list[tuple[int, int]]:
+        """The heads whose removal costs more than ``threshold``."""
+        return [(int(layer), int(h)) for layer, h in zip(*np.nonzero(self.drops > self.threshold),
+                                                          strict=True)]
+
+    def __str__(self) -> str:
+        lines = [f"held-out accuracy {self.accuracy:.3f}; drop when one head is silenced:"]
+        for layer in range(self.drops.shape[0]):
+            lines.append(f"  layer {layer}: " + "  ".join(
+                f"head {h}: {self.drops[layer, h]:+.3f}" for h in range(self.drops.shape[1])))
+        names = [f"L{layer} head {h}" for layer, h in self.needed]
+        lines.append(f"heads whose removal costs more than {self.threshold}: "
+                     + (", ".join(names) or "none"))
+        return "\n".join(lines)
+
+
+class ItProbe:
+    """What a trained model does after "it", measured on batches of :class:`ItSentence`.
+
+    The forward pass (logits and every head's attention) is compiled once for the model's
+    graph; every measurement accepts other parameters of the same shape (``params``), such as
+    copies with a head silenced, without compiling again.
     """
 
-    tokens: np.ndarray
-    separator: int
-    batch_size: int
-    context_length: int
-    seed: int = 0
+    def __init__(self, model: Any, tokenizer: Any):
+        import jax
+        import jax.numpy as jnp
+        from flax import nnx
 
-    def __post_init__(self) -> None:
-        tokens = np.asarray(self.tokens, dtype=np.int32)
-        if tokens.ndim != 1:
-            raise ValueError(f"tokens must be one-dimensional, got shape {tokens.shape}")
-        object.__setattr__(self, "tokens", tokens)
-        for name in ("batch_size", "context_length"):
-            _check_count(name, getattr(self, name), 1)
-        _check_count("seed", self.seed, 0)
-        _check_count("separator", self.separator, 0)
-        starts = np.concatenate([[0], np.flatnonzero(tokens == self.separator) + 1])
-        starts = starts[starts + self.context_length + 1 <= len(tokens)]
-        if not len(starts):
-            raise ValueError(
-                f"tokens hold no window of context_length + 1 = {self.context_length + 1} "
-                f"tokens after a separator {self.separator}")
-        object.__setattr__(self, "starts", starts)
+        self.tokenizer = tokenizer
+        self.cfg = model.cfg
+        graphdef, self.params = nnx.split(model)
 
-    def __getitem__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        step = _check_count("step", step, 0)
-        rng = np.random.default_rng([self.seed, step])
-        offsets = self.starts[rng.integers(len(self.starts), size=self.batch_size)]
-        window = self.tokens[offsets[:, None] + np.arange(self.context_length + 1)]
-        return window[:, :-1], window[:, 1:]
+        @jax.jit
+        def forward(params, tokens):
+            logits, extras = nnx.merge(graphdef, params)(tokens, return_attention=True)
+            return logits, jnp.stack(extras["attention"], axis=1)  # [B, layers, heads, T, T]
+
+        self._forward = forward
+
+    def predictions(self, sentences: Sequence[ItSentence], params: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """The id of the most likely word after "it" ``[N]`` and the attention weights
+        ``[N, layers, heads, T, T]``."""
+        tokens, it_pos, _ = it_batch(sentences, self.tokenizer)
+        logits, attention = self._forward(self.params if params is None else params, tokens)
+        logits = np.asarray(logits)
+        return logits[np.arange(len(tokens)), it_pos].argmax(-1), np.asarray(attention)
+
+    def accuracy(self, sentences: Sequence[ItSentence], params: Any = None) -> float:
+        """How often the most likely word after "it" is the referent's sound."""
+        pred, _ = self.predictions(sentences, params)
+        return float((pred == it_batch(sentences, self.tokenizer)[2]).mean())
+
+    def predicted_word(self, sentence: ItSentence) -> str:
+        pred, _ = self.predictions([sentence])
+        return self.tokenizer.decode([int(pred[0])]).strip()
+
+    def attention_table(self, sentences: Sequence[ItSentence]) -> AttentionTable:
+        """Mean attention from "it" by role and by kind of verb (see :class:`AttentionTable`)."""
+        _, att = self.predictions(sentences)
+        rows = np.arange(len(sentences))
+        it_pos = np.array([s.it_index for s in sentences])
+        w = att[rows, :, :, it_pos, :]  # [sentences, layers, heads, keys]
+        on = {role: w[rows, :, :, np.array([getattr(s, f"{role}_index") for s in sentences])]
+              for role in ("subject", "verb", "object")}
+        kind = np.array([s.referent == s.subject for s in sentences])  # woke-type verb
+        on_ref = np.where(kind[:, None, None], on["subject"], on["object"])
+        on_other = np.where(kind[:, None, None], on["object"], on["subject"])
+        by_kind = [{r: v[sel].mean(0) for r, v in on.items()} for sel in (kind, ~kind)]
+        return AttentionTable(by_kind[0], by_kind[1], (on_ref - on_other).mean(0))
+
+    def ablation(self, sentences: Sequence[ItSentence]) -> AblationTable:
+        """Accuracy lost on ``sentences`` when each head alone is silenced."""
+        from .model import ablate_head
+
+        full = self.accuracy(sentences)
+        drops = np.zeros((self.cfg.n_layer, self.cfg.n_head))
+        for layer in range(self.cfg.n_layer):
+            for h in range(self.cfg.n_head):
+                silenced = ablate_head(self.params, layer, h, self.cfg.head_dim)
+                drops[layer, h] = full - self.accuracy(sentences, silenced)
+        return AblationTable(full, drops)

@@ -27,13 +27,14 @@ import heapq
 import json
 import numbers
 import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
+
+from .validate import check_int, write_text_atomic
 
 __all__ = [
     "BPETokenizer",
@@ -75,9 +76,7 @@ def _check_str(value: Any, name: str, where: str) -> str:
 
 
 def _check_int(value: Any, name: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where}: {name} must be an int; got {type(value).__name__} {value!r:.80}")
-    return int(value)
+    return check_int(f"{where}: {name}", value)
 
 
 def _as_id_list(ids: Any, name: str, where: str) -> list[int]:
@@ -133,22 +132,6 @@ def _json_text(obj: dict[str, Any]) -> str:
         else:
             lines.append(f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=True)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
-
-
-def _write_json_atomically(obj: dict[str, Any], path: Path) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
-    text = _json_text(obj)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private to its owner
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_json(path: Path, where: str) -> dict[str, Any]:
@@ -361,7 +344,8 @@ class CharTokenizer:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the tokenizer as JSON (atomically: a reader never sees a half-written file)."""
-        _write_json_atomically(self.to_dict(), _check_path(path, "path", "CharTokenizer.save"))
+        path = _check_path(path, "path", "CharTokenizer.save")
+        write_text_atomic(path, _json_text(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CharTokenizer:
@@ -874,7 +858,8 @@ class BPETokenizer:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the tokenizer as JSON (atomically: a reader never sees a half-written file)."""
-        _write_json_atomically(self.to_dict(), _check_path(path, "path", "BPETokenizer.save"))
+        path = _check_path(path, "path", "BPETokenizer.save")
+        write_text_atomic(path, _json_text(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BPETokenizer:

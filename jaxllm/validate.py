@@ -17,12 +17,13 @@ import json
 import math
 import numbers
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
     "ArgumentTypeError", "check_bool", "check_callable", "check_choice", "check_int",
-    "check_number", "check_probability", "write_json_atomic",
+    "check_number", "check_probability", "write_json_atomic", "write_text_atomic",
 ]
 
 
@@ -120,19 +121,27 @@ def check_callable(name: str, value: Any, *, none_ok: bool = False) -> Callable 
     return value
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
-                      sort_keys: bool = True) -> None:
-    """Write ``obj`` as JSON to ``path`` so that a reader sees the old file or the new one,
-    never half of one: written to a temporary file beside it, flushed to disk, renamed."""
+def write_text_atomic(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old file or the new one, never
+    half of one: written to a temporary file in the same folder, flushed to disk, renamed."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, sort_keys=sort_keys, ensure_ascii=False)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding=encoding) as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates the file private to its owner
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         if os.path.exists(tmp):
-            os.remove(tmp)
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
+                      sort_keys: bool = True) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys,
+                                       ensure_ascii=False) + "\n")

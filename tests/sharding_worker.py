@@ -10,12 +10,14 @@ script with ``JAX_NUM_CPU_DEVICES`` set and reads the JSON it prints on its last
 ``mesh`` (one process, 4 devices) trains the same model from the same batches:
 
 * ``one``: the ordinary :class:`jaxllm.train.Trainer` on one device (the reference);
-* ``data``: the same Trainer moved by :func:`jaxllm.sharding.shard_trainer` onto a
-  ``data=4`` mesh and trained with ``fit`` (evaluation included);
-* ``fsdp``: a state created sharded by ``init_train_state`` on an ``fsdp=4`` mesh, trained 10
-  steps, saved with :class:`jaxllm.checkpoint.Checkpointer`, trained 10 more;
-* ``restored``: that checkpoint restored straight onto a ``data=2 x fsdp=2`` mesh and trained
-  the last 10 steps.
+* ``data``: ``Trainer(..., mesh=make_mesh(data=4))`` trained with ``fit`` (evaluation
+  included) and checkpointed;
+* ``fsdp``: ``Trainer(..., mesh=make_mesh(fsdp=4))``, its state created sharded, trained 10
+  steps, checkpointed, trained 10 more;
+* ``restored``: a trainer on a ``data=2 x fsdp=2`` mesh restores that step-10 checkpoint
+  straight onto its mesh and trains the last 10 steps;
+* ``custom``: a custom loss (masked cross-entropy with a mask in the batches) on an
+  :class:`jaxllm.data.ExampleBatches` source, on one device and on ``fsdp=4``.
 
 ``multihost`` (two processes with two devices each, joined by ``initialize_distributed``)
 trains ``STEPS_MULTIHOST`` steps on a global ``data=2 x fsdp=2`` mesh.
@@ -38,9 +40,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxllm import sharding as sh  # noqa: E402
-from jaxllm.checkpoint import Checkpointer  # noqa: E402
 from jaxllm.config import ModelConfig, TrainConfig  # noqa: E402
-from jaxllm.data import Batches, load_corpus  # noqa: E402
+from jaxllm.data import ExampleBatches, load_corpus  # noqa: E402
 from jaxllm.tokenizer import CharTokenizer  # noqa: E402
 from jaxllm.train import Trainer  # noqa: E402
 
@@ -58,14 +59,6 @@ def corpus() -> tuple[np.ndarray, np.ndarray]:
     return ids[:18_000], ids[18_000:]
 
 
-def run_steps(step, state, batches: Batches, start: int, stop: int):
-    losses = []
-    for s in range(start, stop):
-        state, metrics = step(state, *batches[s])
-        losses.append(metrics["loss"])
-    return state, [float(x) for x in jax.device_get(losses)]
-
-
 def specs(tree) -> dict[str, str]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {sh.path_name(p): str(tuple(x.sharding.spec)) for p, x in flat}
@@ -75,11 +68,19 @@ def host(tree):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
+def masked_examples(train: np.ndarray) -> ExampleBatches:
+    """Rows of 17 tokens whose loss counts only the second half (a prompt and an answer)."""
+    n, T = 64, MODEL.context_length
+    rows = np.stack([train[i * 50: i * 50 + T + 1] for i in range(n)])
+    mask = np.zeros((n, T), bool)
+    mask[:, T // 2:] = True
+    return ExampleBatches({"inputs": rows[:, :-1], "targets": rows[:, 1:], "mask": mask},
+                          TRAIN.batch_size, seed=1)
+
+
 def mesh_checks(out_dir: str) -> dict:
     assert jax.device_count() == 4, jax.devices()
     train, val = corpus()
-    batches = Batches(train, TRAIN.batch_size, MODEL.context_length, TRAIN.seed)
-    seed = sh.dropout_seed_of(MODEL, TRAIN)
     res: dict = {"devices": jax.device_count()}
 
     one = Trainer(MODEL, TRAIN, train, val)
@@ -87,14 +88,14 @@ def mesh_checks(out_dir: str) -> dict:
     res["one"] = one.history["loss"]
     res["one_eval"] = [one.history["train_loss"][-1], one.history["val_loss"][-1]]
 
-    data = sh.shard_trainer(Trainer(MODEL, TRAIN, train, val), sh.make_mesh(data=4))
+    data = Trainer(MODEL, TRAIN, train, val, mesh=sh.make_mesh(data=4))
     data.fit(progress=False, checkpoint_dir=os.path.join(out_dir, "trainer"))
     res["data"] = data.history["loss"]
     res["data_eval"] = [data.history["train_loss"][-1], data.history["val_loss"][-1]]
     res["data_param_bytes"] = sh.bytes_per_device(data.state.params)
 
     # Trainer.restore of a sharded trainer loads onto its own (different) mesh.
-    again = sh.shard_trainer(Trainer(MODEL, TRAIN, train, val), sh.make_mesh(fsdp=4))
+    again = Trainer(MODEL, TRAIN, train, val, mesh=sh.make_mesh(fsdp=4))
     res["trainer_restore_step"] = again.restore(os.path.join(out_dir, "trainer"))
     res["trainer_restore_exact"] = all(
         np.array_equal(a, b) for a, b in zip(host(again.state), host(data.state), strict=True))
@@ -102,41 +103,46 @@ def mesh_checks(out_dir: str) -> dict:
     res["trainer_restore_spec"] = str(tuple(kernel.sharding.spec))
 
     # Created sharded on an fsdp mesh (no full copy anywhere), saved halfway.
-    mesh = sh.make_mesh(fsdp=4)
-    graphdef, tx, state = sh.init_train_state(MODEL, TRAIN, mesh)
+    fsdp = Trainer(MODEL, TRAIN, train, val, mesh=sh.make_mesh(fsdp=4))
     res["fsdp_init_maxdiff"] = max(
-        float(np.abs(a - b).max()) for a, b in zip(host(state.params), host(one_init()),
+        float(np.abs(a - b).max()) for a, b in zip(host(fsdp.state.params), host(one_init()),
                                                    strict=True))
-    res["fsdp_param_bytes"] = sh.bytes_per_device(state.params)
-    res["fsdp_opt_bytes"] = sh.bytes_per_device(state.opt_state)
-    qkv = state.params["blocks"][0]["attn"]["qkv"]["kernel"]
+    res["fsdp_param_bytes"] = sh.bytes_per_device(fsdp.state.params)
+    res["fsdp_opt_bytes"] = sh.bytes_per_device(fsdp.state.opt_state)
+    qkv = fsdp.state.params["blocks"][0]["attn"]["qkv"]["kernel"]
     res["fsdp_qkv_shard_shapes"] = [list(s.data.shape) for s in qkv.addressable_shards]
-    step = sh.make_train_step(graphdef, tx, mesh, state, dropout_seed=seed)
-    state, first = run_steps(step, state, batches, 0, STEPS // 2)
-    ckpt = Checkpointer(os.path.join(out_dir, "ckpt"))
-    ckpt.save(STEPS // 2, state, {"step": STEPS // 2})
-    saved = host(state)
-    res["fsdp_specs"] = specs(state)
-    state, second = run_steps(step, state, batches, STEPS // 2, STEPS)
-    res["fsdp"] = first + second
+    fsdp.fit(STEPS // 2, progress=False, checkpoint_dir=os.path.join(out_dir, "ckpt"))
+    saved = host(fsdp.state)
+    res["fsdp_specs"] = specs(fsdp.state)
+    fsdp.fit(progress=False)
+    res["fsdp"] = fsdp.history["loss"]
 
     # Restored onto a different mesh, continued.
     mesh22 = sh.make_mesh(data=2, fsdp=2)
-    target = sh.abstract_train_state(MODEL, TRAIN, mesh22)
-    restored, meta = Checkpointer(os.path.join(out_dir, "ckpt"), create=False).restore(target)
+    restored = Trainer(MODEL, TRAIN, train, val, mesh=mesh22)
+    res["restored_step"] = restored.restore(os.path.join(out_dir, "ckpt"), step=STEPS // 2)
     res["restored_exact"] = all(np.array_equal(a, b)
-                                for a, b in zip(saved, host(restored), strict=True))
+                                for a, b in zip(saved, host(restored.state), strict=True))
     res["restored_on_target_mesh"] = all(
-        x.sharding == t.sharding
-        for x, t in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True))
-    res["restored_step"] = int(restored.step)
+        x.sharding == t.sharding for x, t in zip(jax.tree.leaves(restored.state),
+                                                 jax.tree.leaves(restored.abstract_state()),
+                                                 strict=True))
     try:
         sh.shard_batch(np.zeros((6, MODEL.context_length), np.int32), mesh22)
         res["indivisible_batch_error"] = ""
     except ValueError as e:
         res["indivisible_batch_error"] = str(e)
-    step22 = sh.make_train_step(graphdef, tx, mesh22, restored, dropout_seed=seed)
-    _, res["restored"] = run_steps(step22, restored, batches, STEPS // 2, STEPS)
+    restored.fit(progress=False)
+    res["restored"] = restored.history["loss"][STEPS // 2:]
+
+    # Any loss and batch source: a masked loss on a table of examples.
+    examples = masked_examples(train)
+    custom = {}
+    for name, mesh in (("one", None), ("fsdp", sh.make_mesh(fsdp=4))):
+        t = Trainer(MODEL, TRAIN, examples, examples, mesh=mesh)
+        t.fit(progress=False)
+        custom[name] = t.history["loss"] + t.history["val_loss"]
+    res["custom"] = custom
     return res
 
 
@@ -149,16 +155,13 @@ def one_init():
 
 
 def multihost_checks() -> dict:
-    train, _ = corpus()
-    batches = Batches(train, TRAIN.batch_size, MODEL.context_length, TRAIN.seed)
-    mesh = sh.make_mesh(data=2, fsdp=2)
-    graphdef, tx, state = sh.init_train_state(MODEL, TRAIN, mesh)
-    step = sh.make_train_step(graphdef, tx, mesh, state,
-                              dropout_seed=sh.dropout_seed_of(MODEL, TRAIN))
-    _, losses = run_steps(step, state, batches, 0, STEPS_MULTIHOST)
+    train, val = corpus()
+    trainer = Trainer(MODEL, TRAIN.replace(steps=STEPS), train, val,
+                      mesh=sh.make_mesh(data=2, fsdp=2))
+    trainer.fit(STEPS_MULTIHOST, progress=False)
     return {"launcher": LAUNCHER, "process_index": jax.process_index(),
             "process_count": jax.process_count(), "devices": jax.device_count(),
-            "local_devices": jax.local_device_count(), "losses": losses}
+            "local_devices": jax.local_device_count(), "losses": trainer.history["loss"]}
 
 
 if __name__ == "__main__":

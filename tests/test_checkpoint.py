@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxllm.checkpoint import Checkpointer, load_run, write_run_info
+from jaxllm.checkpoint import Checkpointer, write_run_info
 from jaxllm.config import ModelConfig, TrainConfig
-from jaxllm.train import Trainer
+from jaxllm.train import Trainer, load_run
 
 MCFG = ModelConfig(vocab_size=16, context_length=16, n_layer=2, n_head=2, d_model=16,
                    dropout=0.1)

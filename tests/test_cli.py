@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -19,7 +20,7 @@ def jaxllm(*args, timeout=300, **kw):
                           text=True, timeout=timeout, env=ENV, **kw)
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["eval"], ["info"]])
 def test_help_on_every_command(command):
     r = jaxllm(*command, "--help")
     assert r.returncode == 0
@@ -38,6 +39,16 @@ def test_help_on_every_command(command):
         (["sample", ".", "--temperature", "-1"], "--temperature"),
         (["sample", ".", "--top-p", "2"], "--top-p"),
         (["frobnicate"], "frobnicate"),
+        (["train", "--out", "x", "--tokenizer", "words"], "--tokenizer"),
+        (["train", "--out", "x", "--vocab-size", "300"], "--vocab-size"),
+        (["train", "--out", "x", "--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size"),
+        (["train", "--out", "x", "--n-head", "3"], "--n-head"),
+        (["train", "--out", "x", "--d-model", "0"], "--d-model"),
+        (["train", "--out", "x", "--config", "/nonexistent.toml"], "--config"),
+        (["train", "--out", "x", "--text", "/nonexistent.txt"], "--text"),
+        (["eval", "/nonexistent/run", "--text", "README.md"], "run_dir"),
+        (["eval", "."], "--text"),
+        (["info", "/nonexistent/run"], "run_dir"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(args, needle):
@@ -116,3 +127,51 @@ def test_train_on_four_simulated_devices_then_sample_on_one(tmp_path):
     r = jaxllm("sample", str(run), "--prompt", "KING:", "--max-new-tokens", "10")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("KING:") and len(r.stdout) == len("KING:") + 10 + 1
+
+
+def test_bpe_run_from_a_config_file_then_eval_and_info(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat. the dog sat on the log. " * 300, encoding="utf-8")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        'preset = "tiny"\ntext = "corpus.txt"\n'
+        '[model]\nn_layer = 1\nd_model = 48\nn_head = 3\n'
+        '[train]\nsteps = 40\neval_interval = 20\n'
+        '[tokenizer]\nkind = "bpe"\nvocab_size = 270\n', encoding="utf-8")
+    run = tmp_path / "run"
+    r = jaxllm("train", "--config", str(config), "--out", str(run), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["model"]["n_layer"] == 1 and info["model"]["d_model"] == 48
+    assert info["model"]["vocab_size"] == 270 and info["train"]["steps"] == 40
+    assert json.loads((run / "tokenizer.json").read_text())["type"] == "bpe"
+
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("the dog sat on the mat. the cat sat on the log. " * 20,
+                        encoding="utf-8")
+    r = jaxllm("eval", str(run), "--text", str(held_out))
+    assert r.returncode == 0, r.stderr
+    values = dict(line.split(None, 1) for line in r.stdout.splitlines()
+                  if line.startswith(("loss", "perplexity")))
+    loss, ppl = float(values["loss"].split()[0]), float(values["perplexity"])
+    assert ppl == pytest.approx(np.exp(loss), rel=1e-3)
+    assert loss < np.log(270) - 1.0  # it learned something about this text
+    assert "bits per character" in r.stdout and "bits per byte" in r.stdout
+
+    r = jaxllm("info", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "BPETokenizer, 270 tokens" in r.stdout and "latest 40 of 40" in r.stdout
+    assert "val_loss" in r.stdout
+
+    # resuming reads the saved tokenizer and settings; flags that would change them are refused
+    r = jaxllm("train", "--out", str(run), "--resume", "--steps", "50", "--no-progress")
+    assert r.returncode == 0, r.stderr and "resumed" in r.stderr
+    assert json.loads((run / "tokenizer.json").read_text())["type"] == "bpe"
+    r = jaxllm("train", "--out", str(run), "--resume", "--tokenizer", "char")
+    assert r.returncode == 2 and "--tokenizer" in r.stderr
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nn_layers = 2\n', encoding="utf-8")
+    r = jaxllm("train", "--config", str(bad), "--out", str(tmp_path / "bad"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "n_layers" in r.stderr and "Traceback" not in r.stderr

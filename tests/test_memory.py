@@ -19,7 +19,8 @@ WORKER = r"""
 import json, resource, sys
 import jax, numpy as np
 from jaxllm.config import ModelConfig, TrainConfig
-from jaxllm.train import Trainer, keep_freed_memory
+from jaxllm._memory import keep_freed_memory
+from jaxllm.train import Trainer
 
 # nanoGPT's CPU shape: a 45 MB temporary buffer per train step, above glibc's mmap threshold
 mcfg = ModelConfig(vocab_size=65, context_length=64, n_layer=4, n_head=4, d_model=128,
@@ -28,11 +29,11 @@ tcfg = TrainConfig(steps=40, batch_size=12)
 tokens = np.random.default_rng(0).integers(0, 65, 20_000).astype(np.int32)
 trainer = Trainer(mcfg, tcfg, tokens)
 for s in range(10):
-    trainer.train_step(*trainer.train_batches[s])
+    trainer.train_step(trainer.train_batches[s])
 jax.block_until_ready(trainer.state)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for s in range(10, 40):
-    trainer.train_step(*trainer.train_batches[s])
+    trainer.train_step(trainer.train_batches[s])
 jax.block_until_ready(trainer.state)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 print(json.dumps({"tuned": keep_freed_memory(), "faults_per_step": (after - before) / 30}))

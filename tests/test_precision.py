@@ -81,7 +81,7 @@ def run(cfg: ModelConfig, tokens: np.ndarray) -> tuple[np.ndarray, Trainer]:
     trainer = Trainer(cfg, TRAIN, tokens, model=rebuild(plain_model(), cfg))
     assert trainer.model.cfg == cfg
     batches = Batches(tokens, TRAIN.batch_size, cfg.context_length, seed=5)
-    losses = [trainer.train_step(*batches[s])["loss"] for s in range(STEPS)]
+    losses = [trainer.train_step(batches[s])["loss"] for s in range(STEPS)]
     return np.asarray(jax.device_get(losses), np.float64), trainer
 
 

@@ -5,8 +5,9 @@ JAX fixes its device count when it starts, so the multi-device runs happen in fr
 JSON results the tests read:
 
 * one process with 4 simulated CPU devices (``JAX_NUM_CPU_DEVICES=4``) trains the same model
-  on 1 device, on a ``data=4`` mesh, on an ``fsdp=4`` mesh (checkpointed halfway) and, from
-  that checkpoint, on a ``data=2 x fsdp=2`` mesh;
+  with ``Trainer(..., mesh=...)`` on 1 device, on a ``data=4`` mesh, on an ``fsdp=4`` mesh
+  (checkpointed halfway) and, from that checkpoint, on a ``data=2 x fsdp=2`` mesh; and a
+  custom masked loss on a table of examples on 1 device and on ``fsdp=4``;
 * two processes with 2 devices each, joined by ``initialize_distributed`` through the
   ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID`` variables (the real
   multi-host code path, with Gloo collectives between the processes), train on a global
@@ -159,23 +160,26 @@ def test_two_processes_train_like_one_device(runs):
 
 # -- one device, in this process ------------------------------------------------------------
 
-def test_one_device_sharded_step_equals_trainer():
+def test_a_custom_loss_and_batch_source_shard_like_one_device(runs):
+    custom = runs["mesh"]["custom"]
+    _close(custom["fsdp"], custom["one"])
+
+
+def test_one_device_mesh_trainer_equals_the_plain_trainer():
     assert jax.device_count() == 1
     mcfg = ModelConfig(vocab_size=20, context_length=8, n_layer=1, n_head=2, d_model=16)
     tcfg = TrainConfig(steps=4, batch_size=4, warmup_steps=1, learning_rate=1e-2)
     tokens = np.random.default_rng(0).integers(0, 20, 500).astype(np.int32)
     plain = Trainer(mcfg, tcfg, tokens)
-    ref = [float(plain.train_step(*plain.train_batches[s])["loss"]) for s in range(4)]
+    ref = [float(plain.train_step(plain.train_batches[s])["loss"]) for s in range(4)]
     mesh = sh.make_mesh()
     assert dict(mesh.shape) == {"data": 1, "fsdp": 1}
-    graphdef, tx, state = sh.init_train_state(mcfg, tcfg, mesh)
-    step = sh.make_train_step(graphdef, tx, mesh, state)
-    losses = []
-    for s in range(4):
-        state, m = step(state, *plain.train_batches[s])
-        losses.append(float(m["loss"]))
+    meshed = Trainer(mcfg, tcfg, tokens, mesh=mesh)
+    losses = [float(meshed.train_step(meshed.train_batches[s])["loss"]) for s in range(4)]
     np.testing.assert_allclose(losses, ref, rtol=0, atol=1e-6)
-    assert int(state.step) == 4
+    assert meshed.step == 4
+    assert all(isinstance(x.sharding, jax.sharding.NamedSharding)
+               for x in jax.tree.leaves(meshed.state))
     # init_params gives the parameters of GPT(...) with the same seed, placed by the rules.
     graphdef, params = sh.init_params(mcfg, mesh, seed=tcfg.seed)
     init = nnx.split(GPT(mcfg, rngs=nnx.Rngs(params=jax.random.key(tcfg.seed))))[1]
@@ -260,8 +264,8 @@ def test_unknown_matrix_and_wrong_rank_are_refused():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"data": 0}, "data must be None or a positive int"),
-    ({"fsdp": 2.0}, "fsdp must be None or a positive int"),
+    ({"data": 0}, "data must be None or an int >= 1"),
+    ({"fsdp": 2.0}, "fsdp must be None or an int >= 1"),
     ({"fsdp": 2}, "fsdp must divide the number of devices 1"),
     ({"data": 3}, "data must divide the number of devices 1"),
     ({"data": 1, "fsdp": 2}, "data \\* fsdp must equal the number of devices 1"),

@@ -174,32 +174,92 @@ def test_capital_sentences_reject_bad_arguments():
         tasks.capital_sentences([("France", "Paris"), ("Japan",)])
 
 
-# -- sentence-aligned batches -------------------------------------------------------------------
+# -- the 11.2 experiments -----------------------------------------------------------------------
 
-def test_sentence_batches_start_every_row_at_a_sentence():
-    sep = 9
-    # Sentences of different lengths separated by 9; ids encode (sentence, position).
-    stream, first_ids = [], set()
-    for i in range(40):
-        sentence = [10 * (i % 7) + 20 + j for j in range(3 + i % 4)]
-        first_ids.add(sentence[0])
-        stream += sentence + [sep]
-    batches = tasks.SentenceBatches(np.array(stream), separator=sep, batch_size=16,
-                                    context_length=5, seed=2)
-    x, y = batches[7]
-    assert x.shape == y.shape == (16, 5) and x.dtype == np.int32
-    assert set(x[:, 0]) <= first_ids
-    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
-    x2, _ = batches[7]
-    np.testing.assert_array_equal(x, x2)
-    assert not np.array_equal(x, batches[8][0])
+@pytest.fixture(scope="module")
+def it_run():
+    """A small model trained briefly on "it" sentences, through the package's trainer."""
+    from jaxllm.config import ModelConfig
+
+    task = tasks.make_it_task(n_animals=6, heldout_fraction=0.25, n_train=600, n_heldout=60,
+                              seed=0)
+    corpus = tasks.it_corpus(task.train)
+    tok = tasks.word_level_bpe(corpus)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32,
+                      context_length=max(len(s.words) for s in task.train) + 1)
+    trainer = tasks.train_on_sentences(tok, corpus, cfg, steps=60, batch_size=32)
+    return task, tok, trainer
 
 
-def test_sentence_batches_reject_bad_arguments():
-    with pytest.raises(ValueError, match="context_length"):
-        tasks.SentenceBatches(np.arange(5), separator=1, batch_size=2, context_length=0)
-    with pytest.raises(ValueError, match="no window"):
-        tasks.SentenceBatches(np.array([1, 2, 0, 3]), separator=0, batch_size=2,
-                              context_length=8)
-    with pytest.raises(ValueError, match="step"):
-        tasks.SentenceBatches(np.arange(20), separator=3, batch_size=2, context_length=4)[-1]
+def test_word_level_tokens_and_it_batches(it_run):
+    task, tok, _ = it_run
+    assert all(len(tok.encode(s.text)) == len(s.words) for s in task.train + task.heldout)
+    tokens, it_pos, answer = tasks.it_batch(task.heldout[:5], tok)
+    for row, pos, ans, s in zip(tokens, it_pos, answer, task.heldout[:5], strict=True):
+        assert tok.decode(row[: pos + 1].tolist()) == s.prompt
+        assert tok.decode([int(ans)]) == " " + s.answer
+    with pytest.raises(ValueError, match="at least one"):
+        tasks.it_batch([], tok)
+
+
+def test_train_on_sentences_uses_the_trainer(it_run):
+    _, _, trainer = it_run
+    assert trainer.step == 60 and len(trainer.history["loss"]) == 60
+    assert np.mean(trainer.history["loss"][-5:]) < np.mean(trainer.history["loss"][:5]) - 1.0
+
+
+def test_probe_measures_accuracy_attention_and_ablation(it_run):
+    task, tok, trainer = it_run
+    probe = tasks.ItProbe(trainer.model, tok)
+    pred, att = probe.predictions(task.heldout)
+    L, H = trainer.model_cfg.n_layer, trainer.model_cfg.n_head
+    T = max(len(s.words) for s in task.heldout)
+    assert pred.shape == (len(task.heldout),) and att.shape == (len(task.heldout), L, H, T, T)
+    np.testing.assert_allclose(att.sum(-1), 1.0, atol=1e-5)  # every row is a distribution
+    acc = probe.accuracy(task.heldout)
+    answers = tasks.it_batch(task.heldout, tok)[2]
+    assert acc == float((pred == answers).mean())
+    table = probe.attention_table(task.heldout)
+    assert table.selectivity.shape == (L, H)
+    assert "most referent-selective head" in str(table)
+    ablation = probe.ablation(task.heldout)
+    assert ablation.drops.shape == (L, H) and ablation.accuracy == acc
+    assert str(ablation).startswith(f"held-out accuracy {acc:.3f}")
+
+
+def test_ablating_a_head_changes_the_output_and_leaves_the_model_alone(it_run):
+    from flax import nnx
+
+    from jaxllm.model import ablate_head
+
+    task, tok, trainer = it_run
+    model = trainer.model
+    graphdef, params = nnx.split(model)
+    tokens = tasks.it_batch(task.heldout[:8], tok)[0]
+    before = np.asarray(model(tokens))
+    silenced = ablate_head(params, 0, 1, model.cfg.head_dim)
+    after = np.asarray(nnx.merge(graphdef, silenced)(tokens))
+    assert np.abs(after - before).max() > 1e-3  # the head mattered to the logits
+    np.testing.assert_array_equal(np.asarray(model(tokens)), before)  # original untouched
+    kernel = silenced["blocks"][0]["attn"]["proj"]["kernel"][...]
+    hd = model.cfg.head_dim
+    assert np.all(np.asarray(kernel[hd:2 * hd]) == 0) and np.any(np.asarray(kernel[:hd]) != 0)
+    with pytest.raises(ValueError, match="head"):
+        ablate_head(params, 0, 2, hd)
+    with pytest.raises(ValueError, match="layer"):
+        ablate_head(params, 1, 0, hd)
+
+
+def test_swapped_replaces_exactly_one_animal():
+    task = tasks.make_it_task(n_animals=8, n_train=50, n_heldout=40, seed=1)
+    for which in ("referent", "other"):
+        changed = tasks.swapped(task.heldout, which, task.animals, seed=3)
+        assert changed == tasks.swapped(task.heldout, which, task.animals, seed=3)
+        for old, new in zip(task.heldout, changed, strict=True):
+            assert new.verb == old.verb and new.template == old.template
+            if which == "referent":
+                assert new.other == old.other and new.referent not in (old.subject, old.obj)
+            else:
+                assert new.referent == old.referent and new.other not in (old.subject, old.obj)
+    with pytest.raises(ValueError, match="which"):
+        tasks.swapped(task.heldout, "verb", task.animals, seed=0)
