@@ -5,9 +5,10 @@ Shakespeare run stops itself after ``--time-limit`` seconds, 170 by default):
 
 1. **GPT-2 124M shape** (12 layers, 12 heads, width 768, context 1024, vocabulary padded from
    50257 to 50304 as nanoGPT does), bf16 compute with float32 parameters and Adam moments,
-   the sharded train step of :mod:`jaxllm.sharding` on every local device. It reports step
-   time, tokens per second, model FLOPs utilisation (MFU) against the chip's dense bf16 peak
-   and the peak device memory. Tokens are random (throughput does not depend on them).
+   ``jaxllm.train.Trainer`` on a mesh of every local device (:mod:`jaxllm.sharding`). It
+   reports step time, tokens per second, model FLOPs utilisation (MFU) against the chip's
+   dense bf16 peak and the peak device memory. Tokens are random (throughput does not depend
+   on them).
 2. **Shakespeare, character level, nanoGPT's GPU settings** (6 layers, 6 heads, width 384,
    context 256, batch 64, dropout 0.2, learning rate 1e-3 with 100 warmup steps and cosine
    decay to 1e-4 over 5000 steps, beta2 0.99, weight decay 0.1, no biases, bf16): trains on
@@ -52,13 +53,15 @@ import numpy as np  # noqa: E402
 from jaxllm import sharding as sh  # noqa: E402
 from jaxllm.config import ModelConfig, TrainConfig, get_preset  # noqa: E402
 from jaxllm.data import Batches, load_corpus, load_text, train_val_split  # noqa: E402
+from jaxllm.losses import next_token_loss  # noqa: E402
 from jaxllm.model import count_params  # noqa: E402
 from jaxllm.tokenizer import CharTokenizer  # noqa: E402
-from jaxllm.train import loss_fn  # noqa: E402
+from jaxllm.train import Trainer, eval_step  # noqa: E402
 
-#: Where tinyshakespeare.txt is looked for when --text is not given, in this order.
-TEXT_CANDIDATES = (REPO / "shared" / "data" / "tinyshakespeare.txt",
-                   REPO.parent / "shared" / "data" / "tinyshakespeare.txt")
+#: Where tinyshakespeare.txt is looked for when --text is not given: beside the repository
+#: (the course's shared/ folder), then inside it.
+TEXT_CANDIDATES = (REPO.parent / "shared" / "data" / "tinyshakespeare.txt",
+                   REPO / "shared" / "data" / "tinyshakespeare.txt")
 NANOGPT_VAL_LOSS = 1.47
 
 #: Dense (not 2:4 sparse) bf16 peak per chip, TFLOP/s, matched against ``device_kind`` in this
@@ -161,22 +164,22 @@ def throughput(cfg: ModelConfig, name: str, batch_per_device: int, steps: int,
     tcfg = TrainConfig(steps=10_000, batch_size=batch, learning_rate=6e-4,
                        min_learning_rate=6e-5, warmup_steps=10, weight_decay=0.1, beta2=0.95,
                        seed=seed)
-    graphdef, tx, state = sh.init_train_state(cfg, tcfg, mesh)
-    step = sh.make_train_step(graphdef, tx, mesh, state)
+    trainer = Trainer(cfg, tcfg, Batches(np.zeros(2 * T + 2, np.int32), batch, T), mesh=mesh)
     rng = np.random.default_rng(seed)
     data = [rng.integers(0, cfg.vocab_size, (batch, T + 1), dtype=np.int32) for _ in range(4)]
-    batches = [(sh.shard_batch(d[:, :-1], mesh), sh.shard_batch(d[:, 1:], mesh)) for d in data]
+    # Placed on the devices beforehand: the timings leave out host-to-device copies.
+    batches = [{"inputs": sh.shard_batch(d[:, :-1], mesh),
+                "targets": sh.shard_batch(d[:, 1:], mesh)} for d in data]
 
     t0 = time.perf_counter()
-    state, m = step(state, *batches[0])
-    first = float(m["loss"])
+    first = float(trainer.train_step(batches[0])["loss"])
     compile_s = time.perf_counter() - t0
     for i in range(2):  # warm-up
-        state, m = step(state, *batches[(i + 1) % 4])
+        m = trainer.train_step(batches[(i + 1) % 4])
     jax.block_until_ready(m)
     t0 = time.perf_counter()
     for i in range(steps):
-        state, m = step(state, *batches[i % 4])
+        m = trainer.train_step(batches[i % 4])
     last = float(m["loss"])  # waits for the last step
     secs = (time.perf_counter() - t0) / steps
     tok_s = batch * T / secs
@@ -218,48 +221,48 @@ def shakespeare(cfg: ModelConfig, tcfg: TrainConfig, text: str, corpus: str, tar
     if tcfg.batch_size % mesh.devices.size:
         tcfg = tcfg.replace(batch_size=tcfg.batch_size // mesh.devices.size * mesh.devices.size)
     B, T = tcfg.batch_size, cfg.context_length
-    graphdef, tx, state = sh.init_train_state(cfg, tcfg, mesh)
-    step = sh.make_train_step(graphdef, tx, mesh, state,
-                              dropout_seed=sh.dropout_seed_of(cfg, tcfg))
     train_batches = Batches(train, B, T, tcfg.seed)
+    # Train through the package's trainer; its evaluations are replaced by the callback below
+    # (no evaluation sets), which scores a fixed validation set kept on the devices in one
+    # compiled call, and stops the run at the target loss or the time limit.
+    trainer = Trainer(cfg, tcfg.replace(eval_interval=eval_interval), train_batches, mesh=mesh)
 
     # A fixed validation set (the same batches at every evaluation), kept on the devices.
     vb = Batches(val, B, T, tcfg.seed + 2)
-    vx = np.stack([vb[i][0] for i in range(eval_batches)])
-    vy = np.stack([vb[i][1] for i in range(eval_batches)])
     stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, ("data",
                                                                                  "fsdp")))
-    vx, vy = jax.device_put(vx, stacked), jax.device_put(vy, stacked)
+    val_set = {k: jax.device_put(np.stack([vb[i][k] for i in range(eval_batches)]), stacked)
+               for k in ("inputs", "targets")}
 
     @jax.jit
-    def evaluate(params, xs, ys):
-        losses = jax.lax.map(lambda xy: loss_fn(params, graphdef, xy[0], xy[1]), (xs, ys))
+    def evaluate(params, batches):
+        losses = jax.lax.map(
+            lambda b: eval_step(trainer.graphdef, next_token_loss, params, b)["loss"], batches)
         return jnp.mean(losses)
 
-    float(evaluate(state.params, vx, vy))  # compile the evaluation outside the timings
+    float(evaluate(trainer.state.params, val_set))  # compile the evaluation outside the timings
     history: list[tuple[int, float, float]] = []
     best, reached_at, wall_at = math.inf, None, None
     eval_s = 0.0
+
+    def on_eval(step: int, _: dict, t: Trainer) -> bool:
+        nonlocal best, reached_at, wall_at, eval_s
+        t_eval = time.perf_counter()
+        v = float(evaluate(t.state.params, val_set))
+        now = time.perf_counter()
+        eval_s += now - t_eval
+        history.append((step, round(t.history["loss"][-1], 4), round(v, 4)))
+        best = min(best, v)
+        if v <= target:
+            reached_at, wall_at = step, now - t_start
+            return True
+        return now - t_start > time_limit
+
     t_start = time.perf_counter()
-    state, m = step(state, *train_batches[0])
-    jax.block_until_ready(m)
+    jax.block_until_ready(trainer.train_step(train_batches[0]))
     compile_s = time.perf_counter() - t_start
-    s = 1
-    while s < tcfg.steps:
-        state, m = step(state, *train_batches[s])
-        s += 1
-        if s % eval_interval == 0 or s == tcfg.steps:
-            t_eval = time.perf_counter()
-            v = float(evaluate(state.params, vx, vy))
-            now = time.perf_counter()
-            eval_s += now - t_eval
-            history.append((s, round(float(m["loss"]), 4), round(v, 4)))
-            best = min(best, v)
-            if v <= target:
-                reached_at, wall_at = s, now - t_start
-                break
-            if now - t_start > time_limit:
-                break
+    trainer.fit(progress=False, callback=on_eval)
+    s = trainer.step
     total = time.perf_counter() - t_start
     train_s = total - eval_s
     tok_s = (s - 1) * B * T / max(train_s - compile_s, 1e-9)

@@ -10,12 +10,11 @@ the two frameworks' imports and thread pools do not meet:
 
 * ``peak``: this machine's fp32 matrix-multiply speed, the best of several jitted
   2048 x 2048 products (the ceiling for the GFLOP/s column);
-* ``jax``: :class:`jaxllm.train.Trainer`, one step at a time through ``Trainer.train_step``
-  (the loop of ``Trainer.fit`` without its evaluations and progress bar);
+* ``jax``: :class:`jaxllm.train.Trainer`, trained with ``Trainer.fit`` (no progress bar; its
+  evaluation sets are left out, so that only training steps are timed);
 * ``jax-dp`` (only when asked for with ``--runs``): the same, with JAX started with one
-  CPU device per core (``JAX_NUM_CPU_DEVICES``) and the trainer spread over them by
-  :func:`jaxllm.sharding.shard_trainer`: data parallelism across the cores instead of
-  XLA's threads inside each operation;
+  CPU device per core (``JAX_NUM_CPU_DEVICES``) and ``Trainer(..., mesh=make_mesh())``:
+  data parallelism across the cores instead of XLA's threads inside each operation;
 * ``torch``: ``benchmarks/torch_gpt.py``, the same model, initialisation, optimizer and
   schedule in eager PyTorch with as many threads as cores.
 
@@ -43,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: tinyshakespeare.txt in the course's shared/ folder beside the repository (pass --data
+#: to use another copy).
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-if not DEFAULT_DATA.is_file():
-    DEFAULT_DATA = Path("/work/shared/data/tinyshakespeare.txt")
 
 LAYERS, HEADS, WIDTH, CONTEXT, BATCH = 4, 4, 128, 64, 12
 LR, MIN_LR, WARMUP, BETA2, WEIGHT_DECAY, CLIP = 1e-3, 1e-4, 100, 0.99, 0.1, 1.0
@@ -105,6 +104,8 @@ def worker_jax(data: str, iters: int, seed: int, data_parallel: bool) -> dict:
     import jax.numpy as jnp
 
     from jaxllm.config import ModelConfig, TrainConfig
+    from jaxllm.data import Batches
+    from jaxllm.losses import next_token_loss
     from jaxllm.model import flops_per_token
     from jaxllm.train import Trainer, eval_step
 
@@ -113,30 +114,32 @@ def worker_jax(data: str, iters: int, seed: int, data_parallel: bool) -> dict:
                        n_head=HEADS, d_model=WIDTH, dropout=0.0, bias=False)
     tcfg = TrainConfig(steps=iters, batch_size=BATCH, learning_rate=LR,
                        min_learning_rate=MIN_LR, warmup_steps=min(WARMUP, iters - 1),
-                       beta2=BETA2, weight_decay=WEIGHT_DECAY, grad_clip=CLIP, seed=seed)
-    trainer = Trainer(mcfg, tcfg, train, val)
-    devices = 1
+                       beta2=BETA2, weight_decay=WEIGHT_DECAY, grad_clip=CLIP, seed=seed,
+                       eval_interval=iters)
+    mesh = None
     if data_parallel:
-        from jaxllm.sharding import make_mesh, shard_trainer
+        from jaxllm.sharding import make_mesh
 
-        devices = jax.device_count()
-        shard_trainer(trainer, make_mesh())
+        mesh = make_mesh()
+    # A batch source rather than the token array: no evaluation sets, only training is timed.
+    trainer = Trainer(mcfg, tcfg, Batches(train, BATCH, CONTEXT, seed), mesh=mesh)
+    devices = 1 if mesh is None else mesh.devices.size
 
     t = time.perf_counter()
-    metrics = trainer.train_step(*trainer.train_batches[0])
+    metrics = trainer.train_step(trainer.train_batches[0])
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t
-    losses = [metrics["loss"]]
     t = time.perf_counter()
-    for s in range(1, iters):
-        losses.append(trainer.train_step(*trainer.train_batches[s])["loss"])
-    jax.block_until_ready(losses)
+    history = trainer.fit(progress=False)
+    jax.block_until_ready(trainer.state)
     seconds = time.perf_counter() - t
+    losses = [float(metrics["loss"]), *history["loss"]]
 
-    loss_of = jax.jit(partial(eval_step, trainer.graphdef))
+    loss_of = jax.jit(partial(eval_step, trainer.graphdef, next_token_loss))
     windows = val_windows(val)
-    val_loss = float(np.mean([loss_of(trainer.state.params, jnp.asarray(w[:, :-1]),
-                                      jnp.asarray(w[:, 1:]))
+    val_loss = float(np.mean([loss_of(trainer.state.params,
+                                      {"inputs": jnp.asarray(w[:, :-1]),
+                                       "targets": jnp.asarray(w[:, 1:])})["loss"]
                               for w in np.split(windows, len(windows) // EVAL_BATCH)]))
     return {"ms_per_iter": 1e3 * seconds / max(1, iters - 1), "compile_s": compile_s,
             "val_loss": val_loss, "final_train_loss": float(losses[-1]),
@@ -162,7 +165,7 @@ def worker_torch(data: str, iters: int, seed: int) -> dict:
     warmup = min(WARMUP, iters - 1)
 
     def step(s: int) -> torch.Tensor:
-        x, y = batches[s]
+        x, y = batches[s]["inputs"], batches[s]["targets"]
         return train_step(model, opt, torch.from_numpy(x).long(), torch.from_numpy(y).long(),
                           lr_at(s, LR, MIN_LR, warmup, iters), CLIP)
 

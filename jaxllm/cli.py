@@ -184,6 +184,7 @@ def _settings(args: argparse.Namespace):
     """Model and training configs, the tokenizer settings and the text of a new run: the
     preset, then the config file, then the flags."""
     from .config import get_preset
+    from .validate import check_int
 
     conf = _read_config_file(args.config) if args.config else {}
     name = args.preset or conf.get("preset") or "shakespeare-char"
@@ -222,8 +223,10 @@ def _settings(args: argparse.Namespace):
         raise UsageError(f"--vocab-size needs --tokenizer bpe, got {vocab} with characters")
     if kind == "bpe":
         vocab = 512 if vocab is None else vocab
-        if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 256:
-            raise UsageError(f"--vocab-size must be an int >= 256 (the bytes), got {vocab!r}")
+        try:
+            check_int("--vocab-size (BPE: the 256 bytes and merges)", vocab, min=256)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     text = args.text or conf.get("text")
     return name, model, train, kind, vocab, (None if text is None else os.path.abspath(text))
 

@@ -17,7 +17,6 @@ shorter prompt in a batch can be cut earlier than it would be alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from .model import GPT, init_cache
+from .validate import check_callable, check_int, check_number, check_probability
 
 PROMPT_BUCKET = 16
 WINDOW_KEEP = 0.75
@@ -43,9 +43,7 @@ def softmax_with_temperature(logits: jax.Array, temperature: float) -> jax.Array
     Temperature 0 is the limit of this as the temperature goes to zero: all mass on the
     largest logit (the first one, if several are equal).
     """
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
-            temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    check_number("temperature", temperature, low=0.0)
     logits = jnp.asarray(logits, jnp.float32)
     if temperature == 0:
         return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1])
@@ -213,30 +211,14 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
     """
     cfg = model.cfg
     prompts = _check_prompts(prompts, cfg.vocab_size, cfg.context_length)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-            or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
-            temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                              or not 1 <= top_k <= cfg.vocab_size):
-        raise ValueError(f"top_k must be None or an int in [1, vocab_size={cfg.vocab_size}], "
-                         f"got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-    if stop_token is not None and (isinstance(stop_token, bool)
-                                   or not isinstance(stop_token, int | np.integer)
-                                   or not 0 <= stop_token < cfg.vocab_size):
-        raise ValueError(f"stop_token must be None or a token id in [0, {cfg.vocab_size}), "
-                         f"got {stop_token!r}")
+    check_int("max_new_tokens", max_new_tokens, min=1)
+    check_number("temperature", temperature, low=0.0)
+    check_int("top_k", top_k, min=1, max=cfg.vocab_size, none_ok=True)
+    check_probability("top_p", top_p, none_ok=True)
+    check_int("stop_token", stop_token, min=0, max=cfg.vocab_size - 1, none_ok=True)
     if key is None:
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        key = jax.random.key(seed)
-    if logits_hook is not None and not callable(logits_hook):
-        raise ValueError(f"logits_hook must be callable, got {logits_hook!r}")
+        key = jax.random.key(check_int("seed", seed))
+    check_callable("logits_hook", logits_hook, none_ok=True)
 
     B = len(prompts)
     longest = max(len(p) for p in prompts)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .data import resource_path
+from .validate import check_int, check_number
 
 __all__ = [
     "ANIMAL_SOUNDS",
@@ -196,9 +197,7 @@ def make_it_sentence(subject: str, verb: str, obj: str, *, template: int = 0,
     _check_animal("verb", verb, SUBJECT_VERBS + OBJECT_VERBS)
     if subject == obj:
         raise ValueError(f"subject and obj must be different animals, got {subject!r} twice")
-    if isinstance(template, bool) or not isinstance(template, int) \
-            or not 0 <= template < len(_TEMPLATES):
-        raise ValueError(f"template must be an int in [0, {len(_TEMPLATES)}), got {template!r}")
+    check_int("template", template, min=0, max=len(_TEMPLATES) - 1)
     if distractor is not None:
         _check_animal("distractor", distractor, animals)
         if distractor in (subject, obj):
@@ -231,9 +230,7 @@ class ItTask:
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(name, value, min=minimum)
 
 
 def make_it_task(*, n_animals: int = 12, heldout_fraction: float = 0.25, n_train: int = 4000,
@@ -252,9 +249,8 @@ def make_it_task(*, n_animals: int = 12, heldout_fraction: float = 0.25, n_train
     n_animals = _check_count("n_animals", n_animals, 3)
     if n_animals > len(ANIMAL_SOUNDS):
         raise ValueError(f"n_animals must be at most {len(ANIMAL_SOUNDS)}, got {n_animals}")
-    if isinstance(heldout_fraction, bool) or not isinstance(heldout_fraction, int | float) \
-            or not 0.0 < heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction must be a number in (0, 1), got {heldout_fraction!r}")
+    check_number("heldout_fraction", heldout_fraction, low=0.0, high=1.0, low_open=True,
+                 high_open=True)
     n_train = _check_count("n_train", n_train, 1)
     n_heldout = _check_count("n_heldout", n_heldout, 1)
     if isinstance(distractors, bool) or distractors not in (0, 1):

@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .sample import softmax_with_temperature, top_k_filter, top_p_filter
+from .validate import check_callable, check_int, check_number, check_probability
 
 __all__ = [
     "AttentionExplorer",
@@ -86,14 +87,9 @@ def _labels(labels: Sequence[str], n: int) -> list[str]:
 
 
 def _check_settings(temperature: Any, top_k: Any, top_p: Any, vocab: int) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
-            or not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) \
-            or not 0 <= top_k <= vocab:
-        raise ValueError(f"top_k must be an int in [0, {vocab}] (0 = off), got {top_k!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be a number in (0, 1] (1 = off), got {top_p!r}")
+    check_number("temperature", temperature, low=0.0)
+    check_int("top_k (0 = off)", top_k, min=0, max=vocab)
+    check_probability("top_p (1 = off)", top_p)
 
 
 def sampling_distribution(logits: Any, temperature: float = 1.0, top_k: int = 0,
@@ -125,8 +121,7 @@ def entropy(probs: Any, base: float = 2.0) -> float:
 
 
 def _top_indices(values: np.ndarray, top: int) -> np.ndarray:
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top must be a positive int, got {top!r}")
+    check_int("top", top, min=1)
     return np.argsort(-values, kind="stable")[: min(top, values.size)]
 
 
@@ -241,8 +236,7 @@ def plot_attention_from(attention: Any, tokens: Sequence[str], query: int, *,
     att = _attention_array(attention)
     L, H, T, _ = att.shape
     names = _labels(tokens, T)
-    if isinstance(query, bool) or not isinstance(query, int | np.integer) or not 0 <= query < T:
-        raise ValueError(f"query must be a position in [0, {T}), got {query!r}")
+    check_int("query", query, min=0, max=T - 1)
     marks = marks or {}
     fig = _figure(min(2.3 * H + 0.8, 11.0), 1.6 * L + 0.9)
     axes = fig.subplots(L, H, sharex=True, sharey=True, squeeze=False)
@@ -306,12 +300,9 @@ class SamplingExplorer:
         self.labels = list(labels)
         self._names = _labels(self.labels, self.logits.size)
         _check_settings(temperature, top_k, top_p, self.logits.size)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        if generate is not None and not callable(generate):
-            raise TypeError(f"generate must be callable, got {generate!r}")
+        check_int("n_samples", n_samples, min=1)
+        check_int("seed", seed, min=0)
+        check_callable("generate", generate, none_ok=True)
         self.generate, self.n_samples, self.top = generate, n_samples, top
         self._rng = np.random.default_rng(seed)
         self._draws = 0
