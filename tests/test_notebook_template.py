@@ -1,4 +1,4 @@
-"""The template cells of the chapter notebooks (scripts/notebook_template.py).
+"""The template cells of the chapter notebooks (coursekit.notebook_template).
 
 The first cell must install this repository in Colab without replacing Colab's own
 accelerator-enabled jax/jaxlib, and must do nothing anywhere else.
@@ -6,7 +6,6 @@ accelerator-enabled jax/jaxlib, and must do nothing anywhere else.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,20 +16,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from coursekit import notebook_template
+
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "chapters").glob("*.ipynb"))
 
 
-def _load_template():
-    spec = importlib.util.spec_from_file_location(
-        "notebook_template", REPO / "scripts" / "notebook_template.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-T = _load_template()
+T = notebook_template
 SOURCE = T.install_cell_source()
 URL, BRANCH = T.repository()
 
