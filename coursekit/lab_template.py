@@ -3,10 +3,12 @@
 The cell does three things, in Colab, in a clone of the repository and in a folder that holds
 nothing but the downloaded student notebook:
 
-1. In Colab it installs this course's package ``jaxllm`` and ``otter-grader``. Elsewhere it
-   installs nothing, unless the environment variable ``JAXLLM_INSTALL_SOURCE`` names what to
-   install instead of the GitHub copy (a local checkout, for instance: the tests use this to
-   run the student notebook the way Colab does, without the network).
+1. In Colab it installs this course's package ``jaxllm`` and ``otter-grader``, keeping Colab's
+   jax, jaxlib and accelerator plugin (the install function of the chapters' cell,
+   ``coursekit.notebook_template.install_function_source``). Elsewhere it installs nothing,
+   unless the environment variable ``JAXLLM_INSTALL_SOURCE`` names what to install instead of
+   the GitHub copy (a local checkout, for instance: the tests use this to run the student
+   notebook the way Colab does, without the network).
 2. It loads the lab's public tests. ``otter assign`` stores them in the student notebook's own
    metadata (``metadata.otter.tests``), so a single ``.ipynb`` file carries them. The cell
    reads them from the notebook file in the working directory; in Colab, where the notebook
@@ -103,23 +105,19 @@ LABS_URL = "{url}"
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import urllib.request
 
+
+{notebook_template.install_function_source()}
+
+
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB or os.environ.get("{INSTALL_SOURCE_ENV}"):
-    # pip's "only-if-needed" strategy and jaxllm's lower-bound-only requirements keep Colab's
-    # own accelerator-enabled jax, jaxlib and flax: never add -U/--upgrade here.
-    subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install", "--quiet",
-            "--upgrade-strategy", "only-if-needed",
-            os.environ.get("{INSTALL_SOURCE_ENV}") or GITHUB_REQUIREMENT,
-            "{OTTER_REQUIREMENT}",
-        ],
-        check=True,
+    # Colab's own jax, jaxlib and accelerator plugin stay as they are (see the function above).
+    {notebook_template.INSTALL_FUNCTION}(
+        os.environ.get("{INSTALL_SOURCE_ENV}") or GITHUB_REQUIREMENT, "{OTTER_REQUIREMENT}"
     )
 
 
@@ -206,8 +204,11 @@ def check_notebook(path: Path, config_path: Path = CONFIG_PATH) -> list[str]:
     return problems
 
 
-def stamp_notebook(path: Path, config_path: Path = CONFIG_PATH) -> bool:
+def stamp_notebook(path: Path, config_path: Path = CONFIG_PATH, *,
+                   keep_outputs: bool = False) -> bool:
     """Write the lab cell into a lab source; return True if the file changed.
+
+    ``keep_outputs``: see ``coursekit.notebook_template.put_cell``.
 
     The cell replaces the first code cell if that is already a lab cell; otherwise it is
     inserted after the leading raw and markdown cells (otter's assignment config and the
@@ -222,7 +223,8 @@ def stamp_notebook(path: Path, config_path: Path = CONFIG_PATH) -> bool:
         )
         nb.cells.insert(index, nbformat.v4.new_code_cell(""))
     changed = notebook_template.put_cell(
-        nb.cells[index], lab_cell_source(lab_of(path), config_path), LAB_CELL_TAGS)
+        nb.cells[index], lab_cell_source(lab_of(path), config_path), LAB_CELL_TAGS,
+        keep_outputs=keep_outputs)
     if changed:
         nbformat.validate(nb)
         nbformat.write(nb, path)
@@ -246,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("notebooks", nargs="*")
     stamp = sub.add_parser("stamp", help="write the cell into lab sources (default: labs/src)")
     stamp.add_argument("notebooks", nargs="*")
+    stamp.add_argument("--keep-outputs", action="store_true",
+                       help="keep the cell's outputs (the new text behaves as the old one)")
     args = parser.parse_args(argv)
     if args.command == "show":
         print(lab_cell_source(args.lab))
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(problems) if problems else f"{len(notebooks)} lab notebook(s) match")
         return 1 if problems else 0
     for nb in _notebooks(args.notebooks, sorted(SOURCES_DIR.glob("*.ipynb"))):
-        print(f"{'stamped' if stamp_notebook(nb) else 'unchanged'}: {nb}")
+        changed = stamp_notebook(nb, keep_outputs=args.keep_outputs)
+        print(f"{'stamped' if changed else 'unchanged'}: {nb}")
     return 0
 
 
