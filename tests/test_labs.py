@@ -524,7 +524,7 @@ def test_grade_cli_rejects_bad_arguments(tmp_path):
 def _package_copy(dest: Path) -> Path:
     """The package's source, copied (pip builds in the source tree: keep the checkout clean)."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (REPO / name).is_file():
             shutil.copyfile(REPO / name, dest / name)
     shutil.copytree(REPO / "jaxllm", dest / "jaxllm",
