@@ -51,7 +51,10 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 def _tracked() -> list[str]:
     if not (REPO / ".git").exists() or shutil.which("git") is None:
         pytest.skip("needs a git checkout to know which files a clean clone has")
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
+    assert out.returncode == 0, (
+        f"git ls-files failed: {out.stderr.decode()[-500:]} (a checkout owned by another user: "
+        "git config --global --add safe.directory <checkout>)")
     return [p for p in out.stdout.decode().split("\0") if p and (REPO / p).is_file()]
 
 
