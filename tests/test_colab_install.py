@@ -10,9 +10,12 @@ substitutions: Colab is faked (a ``google.colab`` module) and the GitHub URL is 
 copy of this checkout. Afterwards jax and jaxlib must be the versions they were, and jaxllm
 must import and run.
 
-As a control, a dry run of the cell's pip command without the constraints (the command of the
-cell before this fix) must want to replace jax: otherwise this environment no longer shows the
-trap, and the preinstalled versions below need to be older.
+The control, with ``COLAB_INSTALL_CONTROL=1`` (off by default: it costs another resolution):
+a dry run of the cell's pip command without the constraints (the cell before this fix) must
+want to replace jax; otherwise this environment no longer shows the trap, and the preinstalled
+versions below need to be older. (Measured when the test was written: that command upgrades
+jax/jaxlib 0.7.2 to 0.10.2 and flax 0.11.2 to 0.12.8; the cell keeps jax/jaxlib 0.7.2 and
+picks flax 0.12.0.)
 
 It needs the package index (or a pip cache or ``PIP_FIND_LINKS`` wheelhouse that holds these
 versions) and takes a minute or two: skip it with ``SKIP_COLAB_INSTALL_TEST=1`` or
@@ -27,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -95,12 +99,14 @@ def _versions(python: Path) -> dict[str, str]:
 
 
 def test_install_cell_keeps_an_older_preinstalled_jax(tmp_path: Path):
+    start = time.monotonic()
     venv = tmp_path / "colab"
     _run([sys.executable, "-m", "venv", str(venv)], timeout=120)
     python = venv / "bin" / "python"
     _run([str(python), "-m", "pip", "install", "--quiet",
           *[f"{name}=={version}" for name, version in PREINSTALLED.items()]], timeout=600)
     before = _versions(python)
+    preinstalled_s = time.monotonic() - start
     assert {name: before.get(name) for name in PREINSTALLED} == PREINSTALLED
 
     cell = notebook_template.install_cell_source()
@@ -110,17 +116,21 @@ def test_install_cell_keeps_an_older_preinstalled_jax(tmp_path: Path):
     assert cell.count(f'"{github}"') == 1
     cell = cell.replace(f'"{github}"', f'"{local}"')
 
-    # Control: the cell's command without the constraints (the old cell) replaces jax.
-    report = tmp_path / "report.json"
-    _run([str(python), "-m", "pip", "install", "--quiet", "--dry-run", "--report", str(report),
-          "--upgrade-strategy", "only-if-needed", local], timeout=600)
-    planned = {item["metadata"]["name"].lower(): item["metadata"]["version"]
-               for item in json.loads(report.read_text(encoding="utf-8"))["install"]}
-    assert planned.get("jax", PREINSTALLED["jax"]) != PREINSTALLED["jax"], (
-        f"without constraints pip no longer replaces jax {PREINSTALLED['jax']} ({planned}): "
-        "the trap is gone from this setup; preinstall older versions")
+    planned: dict[str, str] = {}
+    if os.environ.get("COLAB_INSTALL_CONTROL") == "1":
+        # Control: the cell's command without the constraints (the old cell) replaces jax.
+        report = tmp_path / "report.json"
+        _run([str(python), "-m", "pip", "install", "--quiet", "--dry-run", "--report",
+              str(report), "--upgrade-strategy", "only-if-needed", local], timeout=600)
+        planned = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                   for item in json.loads(report.read_text(encoding="utf-8"))["install"]}
+        assert planned.get("jax", PREINSTALLED["jax"]) != PREINSTALLED["jax"], (
+            f"without constraints pip no longer replaces jax {PREINSTALLED['jax']} "
+            f"({planned}): the trap is gone from this setup; preinstall older versions")
 
+    start = time.monotonic()
     done = _run([str(python), "-c", AS_COLAB], input=cell, timeout=900, cwd=tmp_path)
+    cell_s = time.monotonic() - start
     assert "JAX backend: cpu | devices: [CpuDevice(id=0)]" in done.stdout, done.stdout
 
     after = _versions(python)
@@ -131,13 +141,13 @@ def test_install_cell_keeps_an_older_preinstalled_jax(tmp_path: Path):
     assert flax >= (0, 12), after["flax"]
     assert "jaxllm" in after
 
-    # jaxllm, installed in the venv, trains with the old jax (from its command line).
-    jaxllm = venv / "bin" / "jaxllm"
-    _run([str(jaxllm), "train", "--preset", "tiny", "--out", str(tmp_path / "run"),
-          "--steps", "5", "--no-progress"], timeout=600, cwd=tmp_path)
+    # jaxllm, installed in the venv, imports with the old jax, and its command line runs.
     probe = "import jax, jaxllm; print(jax.__version__, jaxllm.__file__)"
     out = _run([str(python), "-c", probe], timeout=300, cwd=tmp_path).stdout.split()
     assert out[0] == PREINSTALLED["jax"] and out[-1].startswith(str(venv)), out
-    old = {name: planned.get(name) for name in PREINSTALLED}
+    version = _run([str(venv / "bin" / "jaxllm"), "--version"], timeout=120, cwd=tmp_path)
+    assert version.stdout.strip()
+    old = {name: planned.get(name) for name in PREINSTALLED} if planned else "(not run)"
     print(f"kept jax {after['jax']}, jaxlib {after['jaxlib']}; flax {before['flax']} -> "
-          f"{after['flax']}; without constraints pip would install {old}")
+          f"{after['flax']}; without constraints pip would install {old}; venv and "
+          f"preinstall {preinstalled_s:.0f} s, the cell {cell_s:.0f} s")
