@@ -1,6 +1,6 @@
 """The graded-labs pipeline, end to end (otter-grader; see instructors.md).
 
-- every lab source and student notebook starts with the lab setup cell of labs/lab_template.py;
+- every lab source and student notebook starts with the lab setup cell of coursekit.lab_template;
 - regenerating the labs from their sources changes nothing committed;
 - the student notebook holds no solution code and no hidden test (searched for);
 - grading a folder (scripts/grade_labs.py, the instructors' command): the solution scores full
@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import copy
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -34,7 +33,6 @@ import textwrap
 import time
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import nbformat
 import numpy as np
@@ -49,19 +47,8 @@ LAB = "tokens-and-sampling"
 ANSWER_TAG = "otter_answer_cell"
 SOLUTION_CELL_TAG = "otter_assign_solution_cell"
 
-
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-lab_template = _load(LABS / "lab_template.py", "_test_labs_lab_template")
-assign_labs = _load(REPO / "scripts" / "assign_labs.py", "_test_labs_assign_labs")
-grade_labs = _load(REPO / "scripts" / "grade_labs.py", "_test_labs_grade_labs")
+# After the importorskips: the lab tooling imports otter lazily, but needs psutil to grade.
+from coursekit import assign_labs, grade_labs, lab_template, notebook_template  # noqa: E402
 
 # A plausible mistake for q2: the temperature-0 case is forgotten (division by zero).
 WRONG_SOFTMAX = '''
@@ -215,7 +202,7 @@ def test_every_lab_notebook_starts_with_the_lab_cell():
     for path in sources + students:
         assert lab_template.check_notebook(path) == []
     cell = lab_template.lab_cell_source(LAB)
-    url, branch = lab_template._notebook_template().repository()
+    url, branch = notebook_template.repository()
     assert f"git+{url}@{branch}" in cell  # installs from the repository of _config.yml
     assert lab_template.labs_url().endswith(f"/{branch}/labs")
     assert "otter-grader" in cell and "grader = otter.Notebook(" in cell
@@ -537,7 +524,7 @@ def test_grade_cli_rejects_bad_arguments(tmp_path):
 def _package_copy(dest: Path) -> Path:
     """The package's source, copied (pip builds in the source tree: keep the checkout clean)."""
     dest.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (REPO / name).is_file():
             shutil.copyfile(REPO / name, dest / name)
     shutil.copytree(REPO / "jaxllm", dest / "jaxllm",

@@ -1,13 +1,16 @@
-"""The template cells of the chapter notebooks (scripts/notebook_template.py).
+"""The template cells of the chapter notebooks (coursekit.notebook_template).
 
 The first cell must install this repository in Colab without replacing Colab's own
-accelerator-enabled jax/jaxlib, and must do nothing anywhere else.
+accelerator-enabled jax/jaxlib (it pins them as pip constraints), say clearly what to do when
+no compatible set exists, and do nothing anywhere else. tests/test_colab_install.py runs the
+same cell for real in a fresh environment with an older jax.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,20 +20,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from coursekit import notebook_template
+
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((REPO / "chapters").glob("*.ipynb"))
 
 
-def _load_template():
-    spec = importlib.util.spec_from_file_location(
-        "notebook_template", REPO / "scripts" / "notebook_template.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-T = _load_template()
+T = notebook_template
 SOURCE = T.install_cell_source()
 URL, BRANCH = T.repository()
 
@@ -117,7 +113,18 @@ def test_install_cell_does_nothing_outside_colab():
     assert result == {"outcome": "completed", "launched": [], "stderr": ""}
 
 
-def test_install_cell_in_colab_runs_only_if_needed_pip_install():
+def _installed_jax_family() -> dict[str, str]:
+    from importlib import metadata
+
+    family: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
+        if re.fullmatch(T.JAX_FAMILY_PATTERN, name):
+            family.setdefault(name, dist.version)
+    return family
+
+
+def test_install_cell_in_colab_pins_the_installed_jax_family():
     stdout, result = _run_cell(SOURCE, colab=True)
     assert result["outcome"] == "refused", "the cell must start pip in Colab"
     [(event, argv)] = result["launched"]
@@ -128,6 +135,99 @@ def test_install_cell_in_colab_runs_only_if_needed_pip_install():
     assert argv[argv.index("--upgrade-strategy") + 1] == "only-if-needed"
     assert argv[-1] == f"jaxllm[viz,tokenizers] @ git+{URL}@{BRANCH}"
     assert stdout == "", "nothing is printed before pip has run"
+    # The constraints pin exactly the jax family that is installed (here: this environment's).
+    constraints = Path(argv[argv.index("--constraint") + 1])
+    pins = constraints.read_text(encoding="utf-8").splitlines()
+    constraints.unlink()
+    family = _installed_jax_family()
+    assert {"jax", "jaxlib"} <= set(family)
+    assert pins == [f"{name}=={version}" for name, version in sorted(family.items())]
+
+
+def test_the_chapter_and_lab_cells_share_the_install_function():
+    from coursekit import lab_template
+
+    function = T.install_function_source()
+    assert function in SOURCE
+    assert function in lab_template.lab_cell_source("tokens-and-sampling")
+    assert f"jax>={T.jax_lower_bound()}" in function
+    requirements = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"]["dependencies"]
+    assert f"jax>={T.jax_lower_bound()}" in requirements
+
+
+# Runs the cell "in Colab" with pip and the installed distributions faked: pip answers with
+# FAKE_STDERR and exit code 1; the installed jax family is FAKE_FAMILY.
+FAKE_PIP = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, types
+    from importlib import metadata
+
+    google = types.ModuleType("google")
+    google.colab = types.ModuleType("google.colab")
+    sys.modules["google"], sys.modules["google.colab"] = google, google.colab
+
+    class Dist:
+        def __init__(self, name, version):
+            self.metadata, self.version = {"Name": name}, version
+
+    family = json.loads(os.environ["FAKE_FAMILY"])
+    metadata.distributions = lambda: iter([Dist(n, v) for n, v in family.items()])
+    subprocess.run = lambda command, **kw: subprocess.CompletedProcess(
+        command, 1, "", os.environ["FAKE_STDERR"])
+    try:
+        exec(compile(sys.stdin.read(), "<install cell>", "exec"), {"__name__": "__main__"})
+    except RuntimeError as error:
+        print("RuntimeError:", error)
+    """
+)
+
+RESOLUTION_IMPOSSIBLE = (
+    "ERROR: Cannot install jaxllm because these package versions have conflicting "
+    "dependencies.\n\nThe conflict is caused by:\n    jaxllm 0.1.0 depends on jax>=0.7.1\n"
+    "    The user requested (constraint) jax==0.4.33\n\n"
+    "ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/en/latest/topics/"
+    "dependency-resolution/#dealing-with-dependency-conflicts\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("family", "upgrade"),
+    [
+        ({"jax": "0.4.33", "jaxlib": "0.4.33", "jax-cuda12-plugin": "0.4.33",
+          "jax-cuda12-pjrt": "0.4.33"}, '!pip install -U "jax[cuda12]"'),
+        ({"jax": "0.4.33", "jaxlib": "0.4.33", "libtpu": "0.0.2"}, '!pip install -U "jax[tpu]"'),
+        ({"jax": "0.4.33", "jaxlib": "0.4.33"}, "!pip install -U jax jaxlib)"),
+    ],
+    ids=["gpu", "tpu", "cpu"],
+)
+def test_too_old_jax_is_one_clear_message_with_the_upgrade_that_keeps_the_accelerator(
+        family, upgrade):
+    proc = subprocess.run(
+        [sys.executable, "-c", FAKE_PIP], input=SOURCE, capture_output=True, text=True,
+        timeout=120, check=True, cwd=REPO,
+        env={**os.environ, "FAKE_FAMILY": json.dumps(family),
+             "FAKE_STDERR": RESOLUTION_IMPOSSIBLE},
+    )
+    message = proc.stdout
+    assert message.startswith(f"RuntimeError: jaxllm needs jax>={T.jax_lower_bound()}")
+    assert upgrade in message
+    for name, version in family.items():  # what this runtime has
+        assert f"{name} {version}" in message
+    assert "silently run on the CPU" in message and "restart the session" in message
+    assert "ResolutionImpossible" in message  # pip's own explanation follows
+    assert "JAX backend" not in message
+
+
+def test_other_pip_failures_are_reported_as_they_are():
+    proc = subprocess.run(
+        [sys.executable, "-c", FAKE_PIP], input=SOURCE, capture_output=True, text=True,
+        timeout=120, check=True, cwd=REPO,
+        env={**os.environ, "FAKE_FAMILY": json.dumps({"jax": "0.7.2", "jaxlib": "0.7.2"}),
+             "FAKE_STDERR": "ERROR: Could not find a version that satisfies git+https://..."},
+    )
+    assert proc.stdout.startswith("RuntimeError: pip install failed (exit 1)")
+    assert "Could not find a version" in proc.stdout and "jax[" not in proc.stdout
 
 
 def test_pip_would_install_only_jaxllm_over_the_preinstalled_jax(tmp_path: Path):

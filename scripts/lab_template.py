@@ -1,0 +1,15 @@
+"""Command line of ``coursekit.lab_template`` (its docstring says what it does and how).
+
+``python3 scripts/lab_template.py --help`` works from anywhere; from the repository root,
+``python3 -m coursekit.lab_template`` is the same command.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: coursekit
+
+from coursekit.lab_template import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
