@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every check of the project, in order, and print a summary table at the end:
 #   1. lint            ruff check .
-#   2. unit tests      pytest tests -m "not browser"
+#   2. unit tests      pytest tests -m "not browser and not packaging"
+#   2b. packaging      the wheel and the Colab install cell in fresh virtual environments
 #   3. nbval chapters  the committed outputs of chapters/*.ipynb are still what the code prints
 #   4. nbval labs      the same for the lab solution notebooks (labs/src/*.ipynb), when present
 #   5. book build      jupyter-book build, all pages, warnings are errors
@@ -51,7 +52,9 @@ skip_step() {
 }
 
 run_step "lint (ruff)" "$PYTHON" -m ruff check .
-run_step "unit tests" "$PYTHON" -m pytest tests -m "not browser" -q --durations=10
+run_step "unit tests" "$PYTHON" -m pytest tests -m "not browser and not packaging" -q \
+  --durations=10
+run_step "packaging" "$PYTHON" -m pytest tests -m packaging -q -p no:cacheprovider
 # Committed outputs are made on the CPU (scripts/execute_notebooks.py --cpu); check them there.
 run_step "nbval chapters" env JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" \
   "$PYTHON" "${NBVAL[@]}" chapters/

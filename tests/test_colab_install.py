@@ -44,6 +44,7 @@ PREINSTALLED = {"jax": "0.7.2", "jaxlib": "0.7.2", "flax": "0.11.2"}
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.packaging,
     pytest.mark.colab_install,
     pytest.mark.skipif(os.environ.get("SKIP_COLAB_INSTALL_TEST") == "1",
                        reason="SKIP_COLAB_INSTALL_TEST=1"),

@@ -29,7 +29,7 @@ import jaxllm
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.packaging]
 
 # Runtime resources: every file below jaxllm/resources/ that git tracks.
 RESOURCES = "jaxllm/resources/"
