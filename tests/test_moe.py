@@ -1,0 +1,189 @@
+"""Mixture of experts (Mixtral): routing, the load-balancing loss, expert counts, training."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxllm.config import ModelConfig, TrainConfig
+from jaxllm.model import GPT, MoE, init_cache, load_balancing_loss
+from jaxllm.sharding import param_placements
+from jaxllm.train import Trainer, cross_entropy
+
+GELU = ModelConfig(vocab_size=31, context_length=16, n_layer=2, n_head=2, d_model=16)
+SWIGLU = GELU.replace(mlp="swiglu", norm="rmsnorm", positions="rope", bias=False,
+                      tie_embeddings=False, n_kv_head=1)
+MIXTRAL = SWIGLU.replace(n_experts=4, experts_per_token=2)
+
+
+def _tokens(cfg, batch=2, length=12, seed=1):
+    return jax.random.randint(jax.random.key(seed), (batch, length), 0, cfg.vocab_size)
+
+
+@nnx.jit
+def _plain(model, x):
+    return model(x)
+
+
+@nnx.jit
+def _aux(model, x):
+    """Compiled once per model shape (an eager first call compiles every op on its own and
+    is several times slower)."""
+    return model(x, return_aux=True)
+
+
+def _flat(state):
+    return {tuple(str(k) for k in path): v for path, v in nnx.to_flat_state(state)}
+
+
+@pytest.mark.parametrize("dense", [GELU, SWIGLU], ids=["gelu-bias", "swiglu"])
+def test_one_expert_equals_the_dense_mlp(dense):
+    moe_cfg = dense.replace(n_experts=1, experts_per_token=1)
+    dense_model = GPT(dense, rngs=nnx.Rngs(0))
+    moe_model = GPT(moe_cfg, rngs=nnx.Rngs(1))
+    src = _flat(nnx.state(dense_model, nnx.Param))
+    graphdef, state = nnx.split(moe_model)
+    copied = 0
+    for path, var in nnx.to_flat_state(state):
+        key = tuple(str(k) for k in path)
+        if key in src:
+            var.value = src[key].value
+            copied += 1
+            continue
+        head, name = key[:-1], key[-1]
+        dense_name = {"w_in": ("fc", "kernel"), "b_in": ("fc", "bias"),
+                      "w_out": ("proj", "kernel"), "b_out": ("proj", "bias")}.get(name)
+        if dense_name is not None:
+            var.value = src[head + dense_name].value[None]
+            copied += 1
+    assert copied == len(src)  # every dense parameter found its place
+    moe_model = nnx.merge(graphdef, state)
+    x = _tokens(dense)
+    want = _plain(dense_model, x)
+    got, extras = _aux(moe_model, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(extras["expert_counts"], [[x.size]] * dense.n_layer)
+    assert float(extras["aux_loss"]) == pytest.approx(1.0)  # one expert: perfectly balanced
+
+
+def test_routing_is_deterministic_and_counts_every_assignment():
+    model = GPT(MIXTRAL, rngs=nnx.Rngs(0))
+    x = _tokens(MIXTRAL, batch=3, length=10)
+    a, ea = _aux(model, x)
+    b, eb = _aux(model, x)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ea["expert_counts"], eb["expert_counts"])
+    counts = np.asarray(ea["expert_counts"])
+    assert counts.shape == (MIXTRAL.n_layer, 4) and counts.dtype == np.int32
+    np.testing.assert_array_equal(counts.sum(axis=1), [3 * 10 * 2] * MIXTRAL.n_layer)
+    assert (counts > 0).sum() > 2  # a random router uses several experts
+    assert ea["aux_loss"].dtype == jnp.float32 and ea["aux_loss"].shape == ()
+    # The logits do not depend on asking for the extras.
+    np.testing.assert_array_equal(_plain(model, x), a)
+
+
+def test_ties_go_to_the_lower_expert_and_the_gates_mix_the_chosen_experts():
+    cfg = MIXTRAL.replace(n_layer=1)
+    layer = MoE(cfg, rngs=nnx.Rngs(0))
+    layer.router.kernel[...] = jnp.zeros_like(layer.router.kernel[...])  # all logits tie
+    x = jax.random.normal(jax.random.key(2), (2, 5, cfg.d_model))
+    y, (aux, counts) = nnx.jit(lambda layer, x: layer(x))(layer, x)
+    np.testing.assert_array_equal(counts, [10, 10, 0, 0])
+    # Equal logits: each chosen expert gets weight 1/2.
+    w_in, w_out = layer.w_in[...], layer.w_out[...]
+    ref = 0
+    for e in (0, 1):
+        gate, up = jnp.split(x @ w_in[e], 2, axis=-1)
+        ref = ref + 0.5 * (jax.nn.silu(gate) * up) @ w_out[e]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_load_balancing_loss_is_one_for_uniform_routing_and_grows_with_imbalance():
+    E, k, N = 4, 2, 64
+    balanced = (jnp.arange(N * k).reshape(N, k)) % E  # every expert gets N k / E tokens
+    uniform = jnp.zeros((N, E))
+    assert float(load_balancing_loss(uniform, balanced, E)) == pytest.approx(1.0, abs=1e-6)
+    # Confident routers (probabilities close to their top-k choices): the loss is E sum f^2,
+    # which is >= 1 with equality only for balanced loads.
+    for seed in range(10):
+        logits = 30.0 * jax.random.normal(jax.random.key(seed), (N, E))
+        top = jax.lax.top_k(logits, 1)[1]
+        value = float(load_balancing_loss(logits, top, E))
+        assert value >= 1.0 - 1e-3
+    collapsed = jnp.zeros((N, E)).at[:, 0].set(30.0)
+    assert float(load_balancing_loss(collapsed, jnp.zeros((N, 1), jnp.int32), E)) \
+        == pytest.approx(E, rel=1e-3)
+
+
+def test_dense_model_reports_zero_aux_loss_and_no_experts():
+    model = GPT(GELU, rngs=nnx.Rngs(0))
+    x = _tokens(GELU)
+    logits, extras = _aux(model, x)
+    assert float(extras["aux_loss"]) == 0.0 and extras["aux_loss"].dtype == jnp.float32
+    assert extras["expert_counts"].shape == (GELU.n_layer, 0)
+    np.testing.assert_array_equal(logits, _plain(model, x))
+
+
+def test_extras_combine_with_the_cache_and_attention_in_scanned_layers():
+    cfg = MIXTRAL.replace(scan_layers=True)
+    model = GPT(cfg, rngs=nnx.Rngs(0))
+    x = _tokens(cfg, batch=2, length=6)
+    full, _ = _aux(model, x)
+    logits, extras = nnx.jit(lambda m, x, c: m(x, cache=c, cache_index=0, return_aux=True,
+                                               return_attention=True))(model, x,
+                                                                       init_cache(cfg, 2))
+    assert set(extras) == {"cache", "attention", "aux_loss", "expert_counts"}
+    assert extras["expert_counts"].shape == (cfg.n_layer, 4)
+    assert len(extras["attention"]) == cfg.n_layer
+    np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-6)
+
+
+def test_the_aux_loss_trains_the_router():
+    # A loss of the shape jaxllm's training loss uses: cross-entropy + coef * aux_loss.
+    cfg = MIXTRAL.replace(moe_aux_coef=0.5)
+    graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    x = _tokens(cfg, batch=4, length=16)
+
+    def loss(params):
+        logits, extras = nnx.merge(graphdef, params)(x[:, :-1], return_aux=True)
+        return cross_entropy(logits, x[:, 1:]) + cfg.moe_aux_coef * extras["aux_loss"], \
+            extras["aux_loss"]
+
+    (_, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    router = grads["blocks"][0]["mlp"]["router"]["kernel"][...]
+    assert float(aux) >= 1.0 - 1e-6 and float(jnp.abs(router).max()) > 0
+
+
+def test_a_tiny_mixtral_trains_through_the_trainer_and_reports_expert_usage(char_corpus):
+    tok, ids = char_corpus
+    cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=16, n_layer=1, n_head=2,
+                      d_model=32, mlp="swiglu", norm="rmsnorm", positions="rope", bias=False,
+                      tie_embeddings=False, n_experts=4, experts_per_token=2)
+    tcfg = TrainConfig(steps=30, batch_size=8, learning_rate=1e-2, min_learning_rate=1e-3,
+                       warmup_steps=3, eval_interval=30, eval_batches=1)
+    trainer = Trainer(cfg, tcfg, ids[:3000], ids[3000:])
+    history = trainer.fit(progress=False)
+    assert history["loss"][-1] < history["loss"][0] - 0.5
+    x = jnp.asarray(ids[:64].reshape(4, 16))
+    _, extras = _aux(trainer.model, x)
+    counts = np.asarray(extras["expert_counts"])
+    print("expert usage per layer:", counts.tolist())  # what a notebook would plot
+    np.testing.assert_array_equal(counts.sum(axis=1), [4 * 16 * 2])
+
+
+@pytest.mark.parametrize(("n_experts", "spec"), [(4, ("fsdp", None, None)),
+                                                 (3, (None, "fsdp", None))])
+def test_expert_weights_are_split_along_the_expert_axis_when_it_divides(n_experts, spec):
+    cfg = MIXTRAL.replace(n_experts=n_experts)
+    params = nnx.state(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    placements = {p.path: p for p in param_placements(params, {"fsdp": 4})}
+    assert tuple(placements["blocks/0/mlp/w_in"].spec) == spec
+    assert tuple(placements["blocks/0/mlp/w_out"].spec) == spec
+    assert tuple(placements["blocks/0/mlp/router/kernel"].spec) == ("fsdp", None)
+    stacked = cfg.replace(scan_layers=True)
+    params = nnx.state(nnx.eval_shape(lambda: GPT(stacked, rngs=nnx.Rngs(0))), nnx.Param)
+    placements = {p.path: p for p in param_placements(params, {"fsdp": 4})}
+    assert tuple(placements["blocks/mlp/w_in"].spec) == (None, *spec)
