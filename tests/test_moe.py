@@ -187,3 +187,29 @@ def test_expert_weights_are_split_along_the_expert_axis_when_it_divides(n_expert
     params = nnx.state(nnx.eval_shape(lambda: GPT(stacked, rngs=nnx.Rngs(0))), nnx.Param)
     placements = {p.path: p for p in param_placements(params, {"fsdp": 4})}
     assert tuple(placements["blocks/mlp/w_in"].spec) == (None, *spec)
+
+
+def test_moe_trains_sharded_over_four_devices_like_on_one(tmp_path):
+    """In a fresh process with 4 simulated CPU devices (see tests/moe_sharding_worker.py)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("moe_sharding_worker.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    # Less LLVM optimisation halves XLA's compile time; both runs use the same flag.
+    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
+               XLA_FLAGS="--xla_backend_optimization_level=0")
+    proc = subprocess.run([sys.executable, str(worker)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=str(worker.parent.parent))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 4
+    assert r["w_in_spec"] == "('fsdp', None, None)"  # one whole expert per device
+    assert r["w_in_shard_shapes"] == [[1, 32, 96]] * 4
+    np.testing.assert_allclose(r["fsdp"], r["one"], rtol=0, atol=5e-5)
+    assert r["one"][-1] < r["one"][0]
+    assert r["counts_mesh"] == r["counts_one"]
+    assert np.asarray(r["counts_one"]).sum() == 2 * 8 * 16 * 2  # layers x tokens x k
