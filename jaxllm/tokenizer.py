@@ -1014,8 +1014,12 @@ class HFTokenizer:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``. Ids past the tokenizer's vocabulary decode to nothing (as in
+        ``transformers``): checkpoints often pad their embedding beyond the tokenizer's
+        vocabulary, and a model may sample one of those rows."""
         seq = _as_id_list(ids, "ids", "HFTokenizer.decode")
-        _check_ids_in_range(seq, self.vocab_size, "ids", "HFTokenizer.decode")
+        if seq and min(seq) < 0:
+            raise ValueError(f"HFTokenizer.decode: ids must be >= 0; got {min(seq)}")
         return self._tok.decode(seq, skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
