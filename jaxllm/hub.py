@@ -52,8 +52,10 @@ __all__ = ["SUPPORTED", "from_pretrained", "load_hf_tokenizer", "read_safetensor
 #: ``model_type`` values of config.json that :func:`from_pretrained` reads.
 SUPPORTED = ("gpt2", "llama", "mistral", "mixtral")
 _DTYPES = ("float32", "bfloat16", "float16")
-#: Files fetched from the hub: the config, the weights, the tokenizer (no PyTorch pickles).
-_HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json",
+#: Files fetched from the hub: the config, the weights in transformers' layout, the tokenizer.
+#: Not PyTorch pickles, nor the ``consolidated.safetensors`` (Mistral's own layout) that some
+#: repositories keep beside them, which would double the download.
+_HUB_PATTERNS = ["config.json", "model*.safetensors", "model.safetensors.index.json",
                  "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 #: Checkpoint entries that are buffers, not weights (old GPT-2 files keep the causal mask).
 _IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
@@ -98,8 +100,9 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    else:
-        files = sorted(p.name for p in folder.glob("*.safetensors"))
+    else:  # transformers' names first; any other safetensors file only if there are none
+        files = sorted(p.name for p in folder.glob("model*.safetensors")) or \
+            sorted(p.name for p in folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"no .safetensors weights in {str(folder)!r} (PyTorch .bin "
                          "checkpoints are not read: convert them with save_pretrained("
@@ -230,7 +233,21 @@ class _Weights:
                              f"{', '.join(unused[:8])}{' ...' if len(unused) > 8 else ''}")
 
 
-def _gpt2_params(cfg: ModelConfig, w: _Weights) -> dict[str, np.ndarray]:
+#: A weight in our layout, or a function that makes it (a concatenation or a stack of
+#: memory-mapped arrays): evaluated one at a time while the model is built, so host memory
+#: holds one new array at a time instead of, for a 7B model, 9 GB of them.
+Tensor = np.ndarray | Callable[[], np.ndarray]
+
+
+def _concat(arrays: list[np.ndarray], axis: int) -> Callable[[], np.ndarray]:
+    return lambda: np.concatenate(arrays, axis=axis)
+
+
+def _stack(arrays: list[Tensor]) -> Callable[[], np.ndarray]:
+    return lambda: np.stack([a() if callable(a) else a for a in arrays])
+
+
+def _gpt2_params(cfg: ModelConfig, w: _Weights) -> dict[str, Tensor]:
     p = {"wte/embedding": w("wte.weight"), "wpe/embedding": w("wpe.weight"),
          "norm_f/scale": w("ln_f.weight"), "norm_f/bias": w("ln_f.bias")}
     if "lm_head.weight" in w:  # tied: the same numbers as wte
@@ -248,7 +265,7 @@ def _gpt2_params(cfg: ModelConfig, w: _Weights) -> dict[str, np.ndarray]:
     return p
 
 
-def _llama_params(cfg: ModelConfig, w: _Weights) -> dict[str, np.ndarray]:
+def _llama_params(cfg: ModelConfig, w: _Weights) -> dict[str, Tensor]:
     p = {"wte/embedding": w("embed_tokens.weight"), "norm_f/scale": w("norm.weight")}
     if cfg.tie_embeddings:
         if "lm_head.weight" in w:
@@ -260,38 +277,38 @@ def _llama_params(cfg: ModelConfig, w: _Weights) -> dict[str, np.ndarray]:
         p[b + "norm1/scale"] = w(h + "input_layernorm.weight")
         p[b + "norm2/scale"] = w(h + "post_attention_layernorm.weight")
         # nn.Linear weights are [out, in]; ours are [in, out]. Fused [q | k | v] columns.
-        p[b + "attn/qkv/kernel"] = np.concatenate(
+        p[b + "attn/qkv/kernel"] = _concat(
             [w(h + f"self_attn.{n}_proj.weight").T for n in "qkv"], axis=1)
         p[b + "attn/proj/kernel"] = w(h + "self_attn.o_proj.weight").T
         if cfg.n_experts:
             p.update(_mixtral_experts(cfg, w, h, b))
         else:
-            p[b + "mlp/fc/kernel"] = np.concatenate(
+            p[b + "mlp/fc/kernel"] = _concat(
                 [w(h + "mlp.gate_proj.weight").T, w(h + "mlp.up_proj.weight").T], axis=1)
             p[b + "mlp/proj/kernel"] = w(h + "mlp.down_proj.weight").T
     return p
 
 
-def _mixtral_experts(cfg: ModelConfig, w: _Weights, h: str, b: str) -> dict[str, np.ndarray]:
+def _mixtral_experts(cfg: ModelConfig, w: _Weights, h: str, b: str) -> dict[str, Tensor]:
     moe = next((h + m for m in ("block_sparse_moe.", "mlp.") if h + m + "gate.weight" in w),
                None)
     if moe is None:
         raise ValueError(f"checkpoint has no router {h}block_sparse_moe.gate.weight")
-    p = {b + "mlp/router/kernel": w(moe + "gate.weight").T}  # [E, d] -> [d, E]
+    p: dict[str, Tensor] = {b + "mlp/router/kernel": w(moe + "gate.weight").T}  # [d, E]
     if moe + "experts.gate_up_proj" in w:  # fused, as newer transformers keep them
         p[b + "mlp/w_in"] = np.swapaxes(w(moe + "experts.gate_up_proj"), 1, 2)
         p[b + "mlp/w_out"] = np.swapaxes(w(moe + "experts.down_proj"), 1, 2)
         return p
     e = [f"{moe}experts.{j}." for j in range(cfg.n_experts)]
     # w1 = gate, w3 = up (each [I, d]), w2 = down ([d, I]).
-    p[b + "mlp/w_in"] = np.stack([np.concatenate([w(x + "w1.weight").T, w(x + "w3.weight").T],
-                                                 axis=1) for x in e])
-    p[b + "mlp/w_out"] = np.stack([w(x + "w2.weight").T for x in e])
+    p[b + "mlp/w_in"] = _stack([_concat([w(x + "w1.weight").T, w(x + "w3.weight").T], axis=1)
+                                for x in e])
+    p[b + "mlp/w_out"] = _stack([w(x + "w2.weight").T for x in e])
     return p
 
 
 _MAPPERS: dict[str, tuple[tuple[str, ...], Callable[[ModelConfig, _Weights],
-                                                    dict[str, np.ndarray]]]] = {
+                                                    dict[str, Tensor]]]] = {
     "gpt2": (("transformer.",), _gpt2_params),
     "llama": (("model.",), _llama_params),
     "mistral": (("model.",), _llama_params),
@@ -304,11 +321,11 @@ def _path_name(path: tuple[Any, ...]) -> str:
     return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)
 
 
-def _stack_layers(params: dict[str, np.ndarray], n_layer: int) -> dict[str, np.ndarray]:
+def _stack_layers(params: dict[str, Tensor], n_layer: int) -> dict[str, Tensor]:
     out = {k: v for k, v in params.items() if not k.startswith("blocks/")}
     names = {k.split("/", 2)[2] for k in params if k.startswith("blocks/")}
     for name in names:
-        out[f"blocks/{name}"] = np.stack([params[f"blocks/{i}/{name}"] for i in range(n_layer)])
+        out[f"blocks/{name}"] = _stack([params[f"blocks/{i}/{name}"] for i in range(n_layer)])
     return out
 
 
@@ -324,8 +341,10 @@ def from_pretrained(path_or_name: str | os.PathLike[str], *, dtype: str = "float
     The architecture comes from config.json's ``model_type``: one of :data:`SUPPORTED`.
 
     ``dtype`` (``"float32"``, ``"bfloat16"`` or ``"float16"``) is both the dtype the
-    parameters are stored in and the compute dtype. ``scan_layers=True`` stacks the layers
-    (compiles in constant time in depth; worth it for 32-layer models). With
+    parameters are stored in and the compute dtype. ``scan_layers=True`` stacks the layers,
+    so the model compiles in constant time in depth, but the host then builds each stacked
+    weight whole (7.5 GB for a 7B model's MLP in bfloat16): with little RAM (free Colab),
+    leave it off. With
     ``with_tokenizer=True`` the result is ``(model, tokenizer)``, the tokenizer read from the
     folder's ``tokenizer.json`` by :func:`load_hf_tokenizer` (``None`` if it has none).
     """
@@ -349,7 +368,7 @@ def from_pretrained(path_or_name: str | os.PathLike[str], *, dtype: str = "float
     return model, tok
 
 
-def _build(cfg: ModelConfig, params: dict[str, np.ndarray]) -> Any:
+def _build(cfg: ModelConfig, params: dict[str, Tensor]) -> Any:
     """The model with ``params`` (our names) in place of an initialisation: the shapes come
     from ``nnx.eval_shape``, so no random weights are ever allocated."""
     import jax
@@ -368,6 +387,7 @@ def _build(cfg: ModelConfig, params: dict[str, np.ndarray]) -> Any:
             missing.append(name)
             return leaf
         x = params.pop(name)
+        x = x() if callable(x) else x
         if tuple(x.shape) != tuple(leaf.shape):
             raise ValueError(f"checkpoint tensor for {name} has shape {tuple(x.shape)}, the "
                              f"model expects {tuple(leaf.shape)}")

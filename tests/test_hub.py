@@ -178,7 +178,7 @@ def test_a_hub_name_is_downloaded_with_huggingface_hub(checkpoints, monkeypatch)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     assert resolve_checkpoint("gpt2") == folder
-    assert calls[0][0] == "gpt2" and "*.safetensors" in calls[0][1]
+    assert calls[0][0] == "gpt2" and "model*.safetensors" in calls[0][1]
     assert not any(p.endswith(".bin") for p in calls[0][1])  # never PyTorch pickles
 
 
