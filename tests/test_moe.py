@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from jaxllm.config import ModelConfig, TrainConfig
-from jaxllm.model import GPT, MoE, init_cache, load_balancing_loss
+from jaxllm.model import GPT, init_cache, load_balancing_loss
 from jaxllm.sharding import param_placements
 from jaxllm.train import Trainer, cross_entropy
 
@@ -21,6 +21,18 @@ MIXTRAL = SWIGLU.replace(n_experts=4, experts_per_token=2)
 
 def _tokens(cfg, batch=2, length=12, seed=1):
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, cfg.vocab_size)
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.2) -> GPT:
+    """A GPT with normal(0, std) parameters drawn by NumPy into ``nnx.eval_shape``'s
+    shapes: 20 times faster than ``GPT(cfg, rngs=...)`` on a CPU (whose eager initialisation
+    compiles every random op on its own), and the same seed gives the same weights to
+    configs with the same parameter shapes."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    state = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape).astype(s.dtype)),
+                         state)
+    return nnx.merge(graphdef, state)
 
 
 @nnx.jit
@@ -39,40 +51,48 @@ def _flat(state):
     return {tuple(str(k) for k in path): v for path, v in nnx.to_flat_state(state)}
 
 
-@pytest.mark.parametrize("dense", [GELU, SWIGLU], ids=["gelu-bias", "swiglu"])
-def test_one_expert_equals_the_dense_mlp(dense):
+def test_one_expert_equals_the_dense_mlp():
+    # GELU with biases: every expert parameter has a dense counterpart (SwiGLU experts are
+    # checked against the formula in the test of ties below).
+    dense = GELU
     moe_cfg = dense.replace(n_experts=1, experts_per_token=1)
-    dense_model = GPT(dense, rngs=nnx.Rngs(0))
-    moe_model = GPT(moe_cfg, rngs=nnx.Rngs(1))
+    dense_model = random_model(dense, 0)
+    moe_model = random_model(moe_cfg, 1)
     src = _flat(nnx.state(dense_model, nnx.Param))
     graphdef, state = nnx.split(moe_model)
     copied = 0
     for path, var in nnx.to_flat_state(state):
         key = tuple(str(k) for k in path)
         if key in src:
-            var.value = src[key].value
+            var.set_value(src[key].get_value())
             copied += 1
             continue
         head, name = key[:-1], key[-1]
         dense_name = {"w_in": ("fc", "kernel"), "b_in": ("fc", "bias"),
                       "w_out": ("proj", "kernel"), "b_out": ("proj", "bias")}.get(name)
         if dense_name is not None:
-            var.value = src[head + dense_name].value[None]
+            var.set_value(src[head + dense_name].get_value()[None])
             copied += 1
     assert copied == len(src)  # every dense parameter found its place
     moe_model = nnx.merge(graphdef, state)
     x = _tokens(dense)
-    want = _plain(dense_model, x)
+    want = _aux(dense_model, x)[0]  # compiled once for this and the dense-model test
     got, extras = _aux(moe_model, x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(extras["expert_counts"], [[x.size]] * dense.n_layer)
     assert float(extras["aux_loss"]) == pytest.approx(1.0)  # one expert: perfectly balanced
 
 
-def test_routing_is_deterministic_and_counts_every_assignment():
-    model = GPT(MIXTRAL, rngs=nnx.Rngs(0))
+@pytest.fixture(scope="module")
+def mixtral():
+    """A small random Mixtral, a batch of tokens and its (logits, extras), computed once."""
+    model = random_model(MIXTRAL)
     x = _tokens(MIXTRAL, batch=3, length=10)
-    a, ea = _aux(model, x)
+    return model, x, _aux(model, x)
+
+
+def test_routing_is_deterministic_and_counts_every_assignment(mixtral):
+    model, x, (a, ea) = mixtral
     b, eb = _aux(model, x)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(ea["expert_counts"], eb["expert_counts"])
@@ -81,13 +101,11 @@ def test_routing_is_deterministic_and_counts_every_assignment():
     np.testing.assert_array_equal(counts.sum(axis=1), [3 * 10 * 2] * MIXTRAL.n_layer)
     assert (counts > 0).sum() > 2  # a random router uses several experts
     assert ea["aux_loss"].dtype == jnp.float32 and ea["aux_loss"].shape == ()
-    # The logits do not depend on asking for the extras.
-    np.testing.assert_array_equal(_plain(model, x), a)
 
 
 def test_ties_go_to_the_lower_expert_and_the_gates_mix_the_chosen_experts():
     cfg = MIXTRAL.replace(n_layer=1)
-    layer = MoE(cfg, rngs=nnx.Rngs(0))
+    layer = random_model(cfg).blocks[0].mlp
     layer.router.kernel[...] = jnp.zeros_like(layer.router.kernel[...])  # all logits tie
     x = jax.random.normal(jax.random.key(2), (2, 5, cfg.d_model))
     y, (aux, counts) = nnx.jit(lambda layer, x: layer(x))(layer, x)
@@ -119,7 +137,7 @@ def test_the_load_balancing_loss_is_one_for_uniform_routing_and_grows_with_imbal
 
 
 def test_dense_model_reports_zero_aux_loss_and_no_experts():
-    model = GPT(GELU, rngs=nnx.Rngs(0))
+    model = random_model(GELU)
     x = _tokens(GELU)
     logits, extras = _aux(model, x)
     assert float(extras["aux_loss"]) == 0.0 and extras["aux_loss"].dtype == jnp.float32
@@ -127,24 +145,22 @@ def test_dense_model_reports_zero_aux_loss_and_no_experts():
     np.testing.assert_array_equal(logits, _plain(model, x))
 
 
-def test_extras_combine_with_the_cache_and_attention_in_scanned_layers():
-    cfg = MIXTRAL.replace(scan_layers=True)
-    model = GPT(cfg, rngs=nnx.Rngs(0))
-    x = _tokens(cfg, batch=2, length=6)
-    full, _ = _aux(model, x)
+def test_extras_combine_with_the_cache_and_attention(mixtral):
+    model, x, (full, full_extras) = mixtral
+    cfg = model.cfg
     logits, extras = nnx.jit(lambda m, x, c: m(x, cache=c, cache_index=0, return_aux=True,
                                                return_attention=True))(model, x,
-                                                                       init_cache(cfg, 2))
+                                                                       init_cache(cfg, 3))
     assert set(extras) == {"cache", "attention", "aux_loss", "expert_counts"}
-    assert extras["expert_counts"].shape == (cfg.n_layer, 4)
+    np.testing.assert_array_equal(extras["expert_counts"], full_extras["expert_counts"])
     assert len(extras["attention"]) == cfg.n_layer
     np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-6)
 
 
 def test_the_aux_loss_trains_the_router():
     # A loss of the shape jaxllm's training loss uses: cross-entropy + coef * aux_loss.
-    cfg = MIXTRAL.replace(moe_aux_coef=0.5)
-    graphdef, params = nnx.split(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    cfg = MIXTRAL.replace(moe_aux_coef=0.5, n_layer=1)
+    graphdef, params = nnx.split(random_model(cfg), nnx.Param)
     x = _tokens(cfg, batch=4, length=16)
 
     def loss(params):
@@ -154,24 +170,27 @@ def test_the_aux_loss_trains_the_router():
 
     (_, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     router = grads["blocks"][0]["mlp"]["router"]["kernel"][...]
-    assert float(aux) >= 1.0 - 1e-6 and float(jnp.abs(router).max()) > 0
+    assert 0.0 < float(aux) < cfg.n_experts and float(jnp.abs(router).max()) > 0
 
 
 def test_a_tiny_mixtral_trains_through_the_trainer_and_reports_expert_usage(char_corpus):
+    # Scanned layers: the per-layer losses and counts also come out of lax.scan.
     tok, ids = char_corpus
-    cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=16, n_layer=1, n_head=2,
+    cfg = ModelConfig(vocab_size=tok.vocab_size, context_length=16, n_layer=2, n_head=2,
                       d_model=32, mlp="swiglu", norm="rmsnorm", positions="rope", bias=False,
-                      tie_embeddings=False, n_experts=4, experts_per_token=2)
-    tcfg = TrainConfig(steps=30, batch_size=8, learning_rate=1e-2, min_learning_rate=1e-3,
-                       warmup_steps=3, eval_interval=30, eval_batches=1)
-    trainer = Trainer(cfg, tcfg, ids[:3000], ids[3000:])
+                      tie_embeddings=False, n_experts=4, experts_per_token=2,
+                      scan_layers=True)
+    tcfg = TrainConfig(steps=20, batch_size=8, learning_rate=2e-2, min_learning_rate=2e-3,
+                       warmup_steps=2, eval_interval=20, eval_batches=1)
+    trainer = Trainer(cfg, tcfg, ids[:3000], model=random_model(cfg, std=0.02))
     history = trainer.fit(progress=False)
-    assert history["loss"][-1] < history["loss"][0] - 0.5
+    assert history["loss"][-1] < history["loss"][0] - 0.3  # from ln(16) = 2.77
     x = jnp.asarray(ids[:64].reshape(4, 16))
     _, extras = _aux(trainer.model, x)
     counts = np.asarray(extras["expert_counts"])
     print("expert usage per layer:", counts.tolist())  # what a notebook would plot
-    np.testing.assert_array_equal(counts.sum(axis=1), [4 * 16 * 2])
+    assert counts.shape == (2, 4)
+    np.testing.assert_array_equal(counts.sum(axis=1), [4 * 16 * 2] * 2)
 
 
 @pytest.mark.parametrize(("n_experts", "spec"), [(4, ("fsdp", None, None)),
@@ -212,4 +231,4 @@ def test_moe_trains_sharded_over_four_devices_like_on_one(tmp_path):
     np.testing.assert_allclose(r["fsdp"], r["one"], rtol=0, atol=5e-5)
     assert r["one"][-1] < r["one"][0]
     assert r["counts_mesh"] == r["counts_one"]
-    assert np.asarray(r["counts_one"]).sum() == 2 * 8 * 16 * 2  # layers x tokens x k
+    assert np.asarray(r["counts_one"]).sum() == 1 * 8 * 16 * 2  # layers x tokens x k
