@@ -291,9 +291,10 @@ class MoE(nnx.Module):
 
     Why every expert runs on every token here: the course's MoE models are small, and a dense
     evaluation weighted by the (mostly zero) gates is exact (no token is ever dropped for lack
-    of capacity, so it matches transformers bit for bit in routing), deterministic, has static
-    shapes, and shards like any einsum. It costs ``E / k`` times the MLP FLOPs of a sparse
-    dispatch, which a large-scale implementation would avoid with grouped matrix products.
+    of capacity, so every token gets the experts transformers gives it; tests/test_hub.py),
+    deterministic, has static shapes, and shards like any einsum. It costs ``E / k`` times
+    the MLP FLOPs of a sparse dispatch, which a large-scale implementation would avoid with
+    grouped matrix products.
     Ties between router logits go to the lower expert index (``lax.top_k``).
     """
 
@@ -411,13 +412,15 @@ class GPT(nnx.Module):
 
         Returns just the logits, or a tuple ``(logits, extras)`` when a cache is given,
         attention is asked for or ``return_aux`` is set; ``extras`` has ``"cache"``,
-        ``"attention"`` (a list of ``[B, heads, T, S]`` arrays, one per layer) and, with
+        ``"attention"`` (a list of ``[B, heads, T, S]`` arrays, one per layer; with a rolling
+        cache ``S + T`` keys: the cached slots, then the new tokens) and, with
         ``return_aux``, ``"aux_loss"`` (float32 scalar: the load-balancing loss of
         :func:`load_balancing_loss` averaged over the layers, 0.0 for a dense model) and
         ``"expert_counts"`` (int32 ``[n_layer, n_experts]``: token assignments per expert in
         this call; ``[n_layer, 0]`` for a dense model).
         """
         cfg = self.cfg
+        check_bool("return_aux", return_aux)
         B, T = tokens.shape
         rolling = cache is not None and cache.pos is not None
         if cache is not None and (cfg.sliding_window is not None) != rolling:
