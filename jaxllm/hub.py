@@ -4,9 +4,10 @@
 ``save_pretrained`` writes it and the hub serves it) into the same :class:`~jaxllm.model.GPT`
 that the course trains, so ``model(tokens)`` gives logits and :func:`jaxllm.sample.generate`
 decodes. Nothing of ``transformers`` or ``torch`` is needed to load: the safetensors format is
-a JSON header followed by raw little-endian arrays, read here with NumPy (memory-mapped, so a
-14 GB checkpoint is never held twice in host memory), with ``bfloat16`` through ``ml_dtypes``
-(safetensors' own NumPy reader refuses bfloat16).
+a JSON header followed by raw little-endian arrays, read here with NumPy (memory-mapped and
+moved to the device one array at a time, so without ``scan_layers`` a 14 GB checkpoint is
+never held twice in host memory), with ``bfloat16`` through ``ml_dtypes`` (safetensors' own
+NumPy reader refuses bfloat16).
 
 How the checkpoints' layouts map onto ours (checked against ``transformers`` on tiny random
 checkpoints, ``tests/test_hub.py``):
