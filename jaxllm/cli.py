@@ -393,14 +393,17 @@ def _info(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         return _run_info(_run_dir(args.run_dir))
     names = [args.preset] if args.preset else list(PRESETS)
+    # Mixture-of-experts presets also show the parameters one token uses ("active").
     print(f"{'preset':<18}{'layers':>7}{'heads':>7}{'width':>7}{'context':>9}"
-          f"{'parameters':>18}{'published':>18}")
+          f"{'parameters':>18}{'published':>18}{'active':>18}{'published active':>18}")
     for name in names:
         p = PRESETS[name]
         c = p.model
         pub = f"{p.published_params:,}" if p.published_params else "-"
+        active = f"{count_params(c, active=True):,}" if c.n_experts else "-"
+        pub_active = f"{p.published_active_params:,}" if p.published_active_params else "-"
         print(f"{name:<18}{c.n_layer:>7}{c.n_head:>7}{c.d_model:>7}{c.context_length:>9}"
-              f"{count_params(c):>18,}{pub:>18}")
+              f"{count_params(c):>18,}{pub:>18}{active:>18}{pub_active:>18}")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Everything here is plain Python: nothing is allocated and nothing imports JAX at module level,
 so a config can be built, validated and compared anywhere. The presets range from a toy that
-trains in seconds to the published shapes of GPT-2, GPT-3 and LLaMA 2 (those are only ever
-used for counting parameters with :func:`jax.eval_shape`).
+trains in seconds to the published shapes of GPT-2, GPT-3, LLaMA 2 and 3, Mistral and Mixtral
+(those are only ever used for counting parameters with :func:`jax.eval_shape`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ class ModelConfig:
     ``n_kv_head`` below ``n_head`` gives grouped-query attention (LLaMA 2 70B); ``d_mlp``
     defaults to ``4 * d_model``. ``dtype`` is the compute dtype (``bfloat16`` for mixed
     precision); parameters are always stored in ``param_dtype``.
+
+    ``sliding_window`` (Mistral 7B: 4096) lets the query at position ``t`` see only the keys at
+    positions ``t - sliding_window < s <= t`` (itself and the ``sliding_window - 1`` before it,
+    transformers' definition); decoding then keeps a rolling cache of ``sliding_window``
+    slots. ``n_experts > 0`` replaces every MLP by a mixture of that many experts of which each
+    token uses ``experts_per_token`` (Mixtral: 8 and 2); ``moe_aux_coef`` weighs the
+    load-balancing loss added to the training loss.
     """
 
     vocab_size: int = 65
@@ -64,6 +71,10 @@ class ModelConfig:
     param_dtype: DType = "float32"
     remat: bool = False
     scan_layers: bool = False
+    sliding_window: int | None = None
+    n_experts: int = 0
+    experts_per_token: int = 2
+    moe_aux_coef: float = 0.01
 
     def __post_init__(self) -> None:
         _check_int("vocab_size", self.vocab_size, 1)
@@ -94,6 +105,13 @@ class ModelConfig:
             raise ValueError(f"positions='rope' needs an even head_dim, got {self.head_dim}")
         for name in ("bias", "tie_embeddings", "remat", "scan_layers"):
             check_bool(name, getattr(self, name))
+        check_int("sliding_window", self.sliding_window, min=1, none_ok=True)
+        check_int("n_experts", self.n_experts, min=0)
+        check_int("experts_per_token", self.experts_per_token, min=1)
+        if self.n_experts and self.experts_per_token > self.n_experts:
+            raise ValueError(f"experts_per_token must be <= n_experts={self.n_experts}, "
+                             f"got {self.experts_per_token}")
+        check_number("moe_aux_coef", self.moe_aux_coef, low=0.0, high=1e3)
 
     @property
     def head_dim(self) -> int:
@@ -193,12 +211,14 @@ class Preset:
     train: TrainConfig | None = None
     description: str = ""
     published_params: int | None = None
+    published_active_params: int | None = None
     tokenizer: str = "char"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 _GPT2_VOCAB = 50257
 _LLAMA_VOCAB = 32000
+_LLAMA3_VOCAB = 128256
 
 
 def _gpt(n_layer: int, n_head: int, d_model: int, context_length: int) -> ModelConfig:
@@ -208,11 +228,12 @@ def _gpt(n_layer: int, n_head: int, d_model: int, context_length: int) -> ModelC
 
 
 def _llama(n_layer: int, n_head: int, d_model: int, d_mlp: int,
-           n_kv_head: int | None = None) -> ModelConfig:
-    return ModelConfig(vocab_size=_LLAMA_VOCAB, context_length=4096, n_layer=n_layer,
-                       n_head=n_head, n_kv_head=n_kv_head, d_model=d_model, d_mlp=d_mlp,
-                       mlp="swiglu", norm="rmsnorm", positions="rope", bias=False,
-                       tie_embeddings=False, norm_eps=1e-5)
+           n_kv_head: int | None = None, **changes: Any) -> ModelConfig:
+    cfg = ModelConfig(vocab_size=_LLAMA_VOCAB, context_length=4096, n_layer=n_layer,
+                      n_head=n_head, n_kv_head=n_kv_head, d_model=d_model, d_mlp=d_mlp,
+                      mlp="swiglu", norm="rmsnorm", positions="rope", bias=False,
+                      tie_embeddings=False, norm_eps=1e-5)
+    return cfg.replace(**changes)
 
 
 PRESETS: dict[str, Preset] = {
@@ -250,6 +271,23 @@ PRESETS: dict[str, Preset] = {
         Preset("llama2-70b", _llama(80, 64, 8192, 28672, n_kv_head=8), None,
                "LLaMA 2 70B (grouped-query attention, 8 key/value heads).",
                published_params=68_976_648_192, tokenizer="llama"),
+        # The shapes of each model's config.json on the Hugging Face hub.
+        Preset("llama3-8b",
+               _llama(32, 32, 4096, 14336, n_kv_head=8, vocab_size=_LLAMA3_VOCAB,
+                      context_length=8192, rope_theta=500000.0),
+               None, "LLaMA 3 8B (grouped-query attention, 8 key/value heads; 128K vocabulary).",
+               published_params=8_030_261_248, tokenizer="llama3"),
+        Preset("mistral-7b",
+               _llama(32, 32, 4096, 14336, n_kv_head=8, context_length=32768,
+                      sliding_window=4096),
+               None, "Mistral 7B v0.1 (sliding-window attention over 4096 tokens).",
+               published_params=7_241_732_096, tokenizer="mistral"),
+        Preset("mixtral-8x7b",
+               _llama(32, 32, 4096, 14336, n_kv_head=8, context_length=32768,
+                      rope_theta=1e6, n_experts=8, experts_per_token=2),
+               None, "Mixtral 8x7B (8 experts per layer, 2 used per token).",
+               published_params=46_702_792_704, published_active_params=12_879_925_248,
+               tokenizer="mistral"),
     ]
 }
 

@@ -13,6 +13,11 @@ last ``WINDOW_KEEP`` (three quarters) of the context and decoding continues: a s
 window with an amortised re-prefill, rather than a re-computation of the whole context at
 every token. The window slides for the whole batch at once, so beyond the context length a
 shorter prompt in a batch can be cut earlier than it would be alone.
+
+A sliding-window model (``cfg.sliding_window``, Mistral) decodes with its rolling cache of
+``min(sliding_window, prompt + new tokens)`` slots instead (see :func:`jaxllm.model.init_cache`):
+memory stays bounded by the window however long the generation, and nothing is re-prefilled
+until the *positions* reach the context length.
 """
 
 from __future__ import annotations
@@ -110,15 +115,24 @@ def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top
     N = max_new_tokens
     S = cache_len
     ctx = cfg.context_length
+    # A sliding-window model's rolling cache holds the last `S` tokens whatever the slot, and
+    # is masked by the positions it stores; `valid` then describes the new tokens only.
+    rolling = cfg.sliding_window is not None
     # Tokens kept when the window slides; never more than the buffers hold.
-    keep = min(max(1, min(ctx - 1, int(ctx * WINDOW_KEEP))), S, P + N)
+    keep = min(max(1, min(ctx - 1, int(ctx * WINDOW_KEEP))), P + N)
+    if not rolling:
+        keep = min(keep, S)
 
     buf = jnp.concatenate([prompt, jnp.zeros((B, N), jnp.int32)], axis=1)
     buf_valid = jnp.concatenate([prompt_valid, jnp.zeros((B, N), bool)], axis=1)
 
     cache = init_cache(cfg, B, S)
-    cache_valid = jnp.zeros((B, S), bool).at[:, :P].set(prompt_valid)
-    logits, extras = model(prompt, positions=_positions(prompt_valid), valid=cache_valid,
+    S = cache.k.shape[2]  # a rolling cache may be shorter than asked
+    cache_valid = jnp.zeros((B, S), bool)
+    if not rolling:
+        cache_valid = cache_valid.at[:, :P].set(prompt_valid)
+    logits, extras = model(prompt, positions=_positions(prompt_valid),
+                           valid=prompt_valid if rolling else cache_valid,
                            cache=cache, cache_index=0)
     carry = dict(buf=buf, buf_valid=buf_valid, cache=extras["cache"], cache_valid=cache_valid,
                  slot=jnp.int32(P), limit=jnp.int32(S),
@@ -142,9 +156,13 @@ def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top
         done = c["done"] | (tok == stop_token)
 
         def step(_):
-            cache_valid = jax.lax.dynamic_update_slice(c["cache_valid"], ~c["done"][:, None],
-                                                       (0, c["slot"]))
-            lg, ex = model(tok[:, None], positions=c["pos"][:, None], valid=cache_valid,
+            if rolling:
+                cache_valid, valid = c["cache_valid"], ~c["done"][:, None]
+            else:
+                cache_valid = jax.lax.dynamic_update_slice(
+                    c["cache_valid"], ~c["done"][:, None], (0, c["slot"]))
+                valid = cache_valid
+            lg, ex = model(tok[:, None], positions=c["pos"][:, None], valid=valid,
                            cache=c["cache"], cache_index=c["slot"])
             return lg[:, -1].astype(jnp.float32), ex["cache"], cache_valid, c["slot"] + 1, \
                 c["pos"] + (~c["done"]).astype(jnp.int32)
@@ -153,14 +171,18 @@ def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top
             # The cache is full: rebuild it from the last `keep` tokens (this one included).
             window = jax.lax.dynamic_slice(buf, (0, idx + 1 - keep), (B, keep))
             wvalid = jax.lax.dynamic_slice(buf_valid, (0, idx + 1 - keep), (B, keep))
-            cache_valid = jnp.zeros((B, S), bool).at[:, :keep].set(wvalid)
-            lg, ex = model(window, positions=_positions(wvalid), valid=cache_valid,
+            cache_valid = jnp.zeros((B, S), bool)
+            if not rolling:
+                cache_valid = cache_valid.at[:, :keep].set(wvalid)
+            lg, ex = model(window, positions=_positions(wvalid),
+                           valid=wvalid if rolling else cache_valid,
                            cache=init_cache(cfg, B, S), cache_index=0)
             return lg[:, -1].astype(jnp.float32), ex["cache"], cache_valid, jnp.int32(keep), \
                 jnp.sum(wvalid, axis=1).astype(jnp.int32)
 
-        logits, cache, cache_valid, slot, pos = jax.lax.cond(c["slot"] < c["limit"], step,
-                                                             shift, None)
+        # A rolling cache never fills: only the positions are bounded (by the context).
+        room = jnp.max(c["pos"]) < ctx if rolling else c["slot"] < c["limit"]
+        logits, cache, cache_valid, slot, pos = jax.lax.cond(room, step, shift, None)
         # Before the first slide, left padding occupies `P - longest` extra slots; after it,
         # the window holds real tokens only, and the context length is the limit.
         limit = jnp.where(c["slot"] < c["limit"], c["limit"], jnp.int32(ctx))
@@ -193,6 +215,20 @@ def _check_prompts(prompts: Any, vocab_size: int, context_length: int) -> list[l
                              f"{bad[:5]}")
         out.append([int(t) for t in p])
     return out
+
+
+def decode_cache_length(cfg: Any, padded: int, longest: int, max_new_tokens: int) -> int:
+    """Slots of the KV cache :func:`generate` decodes with, for prompts left-padded to
+    ``padded`` tokens (the longest has ``longest``) and ``max_new_tokens`` new tokens.
+
+    The longest prompt may use the whole context before the window first slides. A
+    sliding-window model needs no more than its window, however many tokens are generated:
+    its rolling cache overwrites the oldest slot (see :func:`jaxllm.model.init_cache`).
+    """
+    length = min(padded + max_new_tokens, cfg.context_length + padded - longest)
+    if cfg.sliding_window is not None:
+        length = min(length, cfg.sliding_window)
+    return length
 
 
 def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
@@ -228,8 +264,7 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
     for i, p in enumerate(prompts):
         tokens[i, P - len(p):] = p
         valid[i, P - len(p):] = True
-    # The longest prompt may use the whole context before the window first slides.
-    cache_len = min(P + max_new_tokens, cfg.context_length + P - longest)
+    cache_len = decode_cache_length(cfg, P, longest, max_new_tokens)
     graphdef, params = nnx.split(model)
     out, out_valid = _decode(
         graphdef, params, jnp.asarray(tokens), jnp.asarray(valid), key,

