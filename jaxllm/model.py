@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import ModelConfig
-from .validate import check_bool
+from .validate import check_bool, check_int
 
 Array = jax.Array
 
@@ -62,8 +62,7 @@ def constrain_batch(x: Array) -> Array:
 def causal_mask(length: int) -> Array:
     """Boolean ``[length, length]`` mask: entry ``[t, s]`` is True when position ``t`` may
     attend to position ``s``, i.e. when ``s <= t``."""
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
+    check_int("length", length, min=1)
     return jnp.tril(jnp.ones((length, length), dtype=bool))
 
 
@@ -110,8 +109,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, length: int | None = None) -> 
     length = cfg.context_length if length is None else length
     # A batch of left-padded prompts may need a few slots more than the context length
     # (the padding); positions, not slots, are bounded by the context length.
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
+    check_int("length", length, min=1)
     pos = None
     if cfg.sliding_window is not None:
         length = min(length, cfg.sliding_window)
@@ -615,8 +613,6 @@ def ablate_head(params: nnx.State, layer: int, head: int, head_dim: int) -> nnx.
     """A copy of a GPT's parameters in which the output of attention head ``head`` of block
     ``layer`` is multiplied by zero (its rows of the output projection are zeroed), the
     intervention that tests whether the model needs that head. ``params`` is unchanged."""
-    from .validate import check_int
-
     blocks = params["blocks"]
     n_layer = len(blocks) if hasattr(blocks, "__len__") else None
     check_int("layer", layer, min=0, max=None if n_layer is None else n_layer - 1)

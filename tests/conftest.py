@@ -35,6 +35,24 @@ def count_compiles():
         unregister(listener)
 
 
+def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.2):
+    """A GPT with normal(0, std) parameters drawn by NumPy into ``nnx.eval_shape``'s
+    shapes: 20 times faster than ``GPT(cfg, rngs=...)`` on a CPU (whose eager initialisation
+    compiles every random op on its own), and the same seed gives the same weights to
+    configs with the same parameter shapes."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxllm.model import GPT
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    state = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape).astype(s.dtype)),
+                         state)
+    return nnx.merge(graphdef, state)
+
+
 @pytest.fixture(scope="session")
 def char_corpus():
     from jaxllm.tokenizer import CharTokenizer

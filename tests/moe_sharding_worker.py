@@ -4,8 +4,8 @@ JAX fixes the number of devices when it starts, so the test runs this script in 
 process with ``JAX_NUM_CPU_DEVICES=4`` and reads the JSON it prints on its last line:
 
 * ``one``: losses of :class:`jaxllm.train.Trainer` on one device (the reference);
-* ``fsdp``: the same steps from a state created sharded on an ``fsdp=4`` mesh, where each
-  device holds one of the 4 experts of every layer (the expert axis is split);
+* ``fsdp``: the same steps of ``Trainer(..., mesh=make_mesh(fsdp=4))``, whose state is created
+  sharded: each device holds one of the 4 experts of every layer (the expert axis is split);
 * the expert counts of a forward pass of the trained models, on the mesh and on one device.
 """
 
@@ -35,22 +35,19 @@ def main() -> dict:
     one = Trainer(MODEL, TRAIN, tokens)
     batches = one.train_batches
     res: dict = {"devices": jax.device_count()}
-    res["one"] = [float(one.train_step(*batches[s])["loss"]) for s in range(STEPS)]
+    res["one"] = [float(one.train_step(batches[s])["loss"]) for s in range(STEPS)]
 
     mesh = sh.make_mesh(fsdp=4)
-    graphdef, tx, state = sh.init_train_state(MODEL, TRAIN, mesh)
-    w_in = state.params["blocks"][0]["mlp"]["w_in"]
+    sharded = Trainer(MODEL, TRAIN, tokens, mesh=mesh)
+    graphdef = sharded.graphdef
+    w_in = sharded.state.params["blocks"][0]["mlp"]["w_in"]
     res["w_in_spec"] = str(tuple(w_in.sharding.spec))
     res["w_in_shard_shapes"] = [list(s.data.shape) for s in w_in.addressable_shards]
-    step = sh.make_train_step(graphdef, tx, mesh, state)
-    losses = []
-    for s in range(STEPS):
-        state, metrics = step(state, *batches[s])
-        losses.append(float(metrics["loss"]))
-    res["fsdp"] = losses
+    res["fsdp"] = [float(sharded.train_step(batches[s])["loss"]) for s in range(STEPS)]
+    state = sharded.state
 
     # Expert usage of the trained model, on the mesh and gathered onto one device.
-    x = sh.shard_batch(batches[0][0], mesh)
+    x = sh.shard_batch(batches[0]["inputs"], mesh)
 
     @jax.jit
     def counts(params, x):
@@ -59,7 +56,7 @@ def main() -> dict:
     with jax.set_mesh(mesh):
         res["counts_mesh"] = np.asarray(counts(state.params, x)).tolist()
     one_params = one.state.params  # trained the same steps on one device
-    res["counts_one"] = np.asarray(counts(one_params, np.asarray(batches[0][0]))).tolist()
+    res["counts_one"] = np.asarray(counts(one_params, np.asarray(batches[0]["inputs"]))).tolist()
     return res
 
 

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import random_model
 from jaxllm.config import ModelConfig, TrainConfig
+from jaxllm.losses import cross_entropy
 from jaxllm.model import GPT, init_cache, load_balancing_loss
 from jaxllm.sharding import param_placements
-from jaxllm.train import Trainer, cross_entropy
+from jaxllm.train import Trainer
 
 GELU = ModelConfig(vocab_size=31, context_length=16, n_layer=2, n_head=2, d_model=16)
 SWIGLU = GELU.replace(mlp="swiglu", norm="rmsnorm", positions="rope", bias=False,
@@ -21,18 +23,6 @@ MIXTRAL = SWIGLU.replace(n_experts=4, experts_per_token=2)
 
 def _tokens(cfg, batch=2, length=12, seed=1):
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, cfg.vocab_size)
-
-
-def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.2) -> GPT:
-    """A GPT with normal(0, std) parameters drawn by NumPy into ``nnx.eval_shape``'s
-    shapes: 20 times faster than ``GPT(cfg, rngs=...)`` on a CPU (whose eager initialisation
-    compiles every random op on its own), and the same seed gives the same weights to
-    configs with the same parameter shapes."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))))
-    rng = np.random.default_rng(seed)
-    state = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape).astype(s.dtype)),
-                         state)
-    return nnx.merge(graphdef, state)
 
 
 @nnx.jit
@@ -185,6 +175,12 @@ def test_a_tiny_mixtral_trains_through_the_trainer_and_reports_expert_usage(char
     trainer = Trainer(cfg, tcfg, ids[:3000], model=random_model(cfg, std=0.02))
     history = trainer.fit(progress=False)
     assert history["loss"][-1] < history["loss"][0] - 0.3  # from ln(16) = 2.77
+    # the trainer's default loss adds the load-balancing loss and reports it
+    assert len(history["moe_aux_loss"]) == 20 and len(history["lm_loss"]) == 20
+    np.testing.assert_allclose(
+        history["loss"], np.add(history["lm_loss"],
+                                np.multiply(cfg.moe_aux_coef, history["moe_aux_loss"])),
+        rtol=1e-5)
     x = jnp.asarray(ids[:64].reshape(4, 16))
     _, extras = _aux(trainer.model, x)
     counts = np.asarray(extras["expert_counts"])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import random_model
 from jaxllm.config import ModelConfig
-from jaxllm.model import GPT, KVCache, init_cache
+from jaxllm.model import KVCache, init_cache
 from jaxllm.sample import decode_cache_length, generate
 
 W = 4
@@ -22,18 +23,6 @@ MISTRAL = ModelConfig(vocab_size=29, context_length=64, n_layer=2, n_head=4, n_k
 
 def _model(cfg, seed=0):
     return random_model(cfg, seed)
-
-
-def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.2) -> GPT:
-    """A GPT with normal(0, std) parameters drawn by NumPy into ``nnx.eval_shape``'s
-    shapes: 20 times faster than ``GPT(cfg, rngs=...)`` on a CPU (whose eager initialisation
-    compiles every random op on its own), and the same seed gives the same weights to
-    configs with the same parameter shapes."""
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))))
-    rng = np.random.default_rng(seed)
-    state = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, std, s.shape).astype(s.dtype)),
-                         state)
-    return nnx.merge(graphdef, state)
 
 
 def _apply(model):
