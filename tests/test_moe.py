@@ -225,6 +225,5 @@ def test_moe_trains_sharded_over_four_devices_like_on_one(tmp_path):
     assert r["w_in_spec"] == "('fsdp', None, None)"  # one whole expert per device
     assert r["w_in_shard_shapes"] == [[1, 32, 96]] * 4
     np.testing.assert_allclose(r["fsdp"], r["one"], rtol=0, atol=5e-5)
-    assert r["one"][-1] < r["one"][0]
     assert r["counts_mesh"] == r["counts_one"]
     assert np.asarray(r["counts_one"]).sum() == 1 * 8 * 16 * 2  # layers x tokens x k
