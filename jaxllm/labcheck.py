@@ -59,7 +59,8 @@ class NotYourCode(AssertionError):
 
 
 def _name(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return "a lambda" if name == "<lambda>" else name
 
 
 def _module_files(modules: Iterable[types.ModuleType]) -> dict[str, str]:
@@ -162,8 +163,8 @@ def _static_check(fn: Any, label: str, files: dict[str, str]) -> None:
         if module == "jaxllm" or module.startswith("jaxllm.") or in_package:
             origin = f"{module}.{_name(target)}"
     if origin is not None:
-        raise NotYourCode(f"{MARKER} {label} is {origin}, the package's own implementation; "
-                          "write it yourself")
+        raise NotYourCode(f"{MARKER} {label} is {origin}, the package's own implementation "
+                          "(write your own)")
     # Follow what the function uses, through the notebook's own functions.
     todo, seen = [(_unwrap(fn), label)], set()
     while todo:
@@ -173,9 +174,14 @@ def _static_check(fn: Any, label: str, files: dict[str, str]) -> None:
         seen.add(id(current))
         for dotted, obj in _loaded_objects(current):
             origin = _package_origin(obj, files)
+            if isinstance(obj, types.ModuleType) and origin is not None:
+                what = dotted if dotted == obj.__name__ else f"{dotted} ({obj.__name__})"
+                raise NotYourCode(f"{MARKER} {path} uses the module {what}, which holds the "
+                                  "package's own implementation (write your own)")
             if origin is not None:
-                raise NotYourCode(f"{MARKER} {path} uses {dotted} ({origin}), the package's "
-                                  "own implementation; write it yourself")
+                what = dotted if dotted == origin else f"{dotted} ({origin})"
+                raise NotYourCode(f"{MARKER} {path} uses {what}, the package's own "
+                                  "implementation (write your own)")
             inner = _unwrap(obj)
             if isinstance(inner, types.FunctionType) and inner.__globals__ is current.__globals__:
                 todo.append((inner, f"{path} -> {_name(inner)}"))
@@ -218,7 +224,7 @@ def own_code(fn: Callable[..., Any], *modules: types.ModuleType,
             sys.setprofile(previous)
         if entered:
             raise NotYourCode(f"{MARKER} {label} calls {entered[0]}, the package's own "
-                              "implementation; write it yourself")
+                              "implementation (write your own)")
         return result
 
     watched.__name__ = getattr(fn, "__name__", "watched")

@@ -82,9 +82,9 @@ def test_honest_code_may_use_jax_and_other_package_modules():
      "def pair_counts(ids):\n    return ref(ids)", "pair_counts",
      "pair_counts uses ref (jaxllm.tokenizer.pair_counts)"),
     ("import jaxllm\ndef pair_counts(ids):\n    return jaxllm.tokenizer.pair_counts(ids)",
-     "pair_counts", "uses jaxllm.tokenizer"),
+     "pair_counts", "uses the module jaxllm.tokenizer"),
     ("import jaxllm.sample\ntop_p_filter = lambda z, p: jaxllm.sample.top_p_filter(z, p)",
-     "top_p_filter", "uses jaxllm.sample"),
+     "top_p_filter", "uses the module jaxllm.sample"),
     ("from jaxllm.tokenizer import BPETokenizer\n"
      "def train_bpe(text, n):\n    return BPETokenizer.train(text, 256 + n).merges",
      "train_bpe", "jaxllm.tokenizer.BPETokenizer"),

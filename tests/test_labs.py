@@ -137,17 +137,17 @@ def train_bpe(text, num_merges):
 ''',
 }
 DELEGATED_REASONS = {
-    "q1": "q1 0/4: not your own code: merge_pair is jaxllm.tokenizer.merge_pair, the "
-          "package's own implementation; write it yourself",
+    "q1": "q1 0/4: not your own code: pair_counts is jaxllm.tokenizer.pair_counts, the "
+          "package's own implementation (write your own)",
     "q2": "q2 0/4: not your own code: softmax_with_temperature is "
-          "jaxllm.sample.softmax_with_temperature, the package's own implementation; write it "
-          "yourself",
+          "jaxllm.sample.softmax_with_temperature, the package's own implementation (write your "
+          "own)",
     "q3": "q3 0/4: not your own code: ",
-    "q4": "q4 0/4: not your own code: top_p_filter uses jaxllm.sample (jaxllm.sample), the "
-          "package's own implementation; write it yourself",
+    "q4": "q4 0/4: not your own code: top_p_filter uses the module jaxllm.sample, which holds "
+          "the package's own implementation (write your own)",
     "q6": "q6 0/4: not your own code: ",
     "q7": "q7 0/4: not your own code: train_bpe calls jaxllm.tokenizer.BPETokenizer.train, the "
-          "package's own implementation; write it yourself",
+          "package's own implementation (write your own)",
 }
 
 
@@ -177,6 +177,17 @@ def _solutions_filled_in(assigned) -> nbformat.NotebookNode:
             assert cell.source == solved.source
     assert answers == len(QUESTIONS)
     return filled
+
+
+def _first_questions_solved(assigned, filled) -> nbformat.NotebookNode:
+    """The solved notebook with the answers of q5-q7 left blank: a cheaper base for hostile
+    notebooks whose grade does not depend on those answers (blank answers fail fast)."""
+    student = nbformat.read(assigned.student_notebook, as_version=4)
+    nb = copy.deepcopy(filled)
+    answers = [i for i, c in enumerate(nb.cells) if ANSWER_TAG in c.metadata.get("tags", [])]
+    for i in answers[4:]:
+        nb.cells[i].source = student.cells[i].source
+    return nb
 
 
 def _replace_answer(nb: nbformat.NotebookNode, startswith: str, source: str):
@@ -257,8 +268,11 @@ def graded(assigned, tmp_path_factory):
                 chunks.append(bytearray(50_000_000))
             """,
     }
+    partly = _first_questions_solved(assigned, filled)
     for name, code in hostile.items():
-        nbformat.write(_hostile(filled, code), folder / f"{name}.ipynb")
+        # Only the output flood is graded in full (it must still score full marks).
+        nbformat.write(_hostile(filled if name == "floods" else partly, code),
+                       folder / f"{name}.ipynb")
     start = time.monotonic()
     rows, text = _grade_cli(folder, assigned.autograder_zip, folder / "grades.csv",
                             "--timeout", "300", "--max-output-mb", "5",
@@ -431,9 +445,9 @@ def test_the_grader_recognises_the_checks_message():
 
     assert grade_labs.DELEGATION_MARKER == labcheck.MARKER
     message = (f"Traceback ...\nNotYourCode: {labcheck.MARKER} f is jaxllm.sample.f, the "
-               "package's own implementation; write it yourself\n")
+               "package's own implementation (write your own)\n")
     assert grade_labs._delegation(message) == (f"{labcheck.MARKER} f is jaxllm.sample.f, the "
-                                                "package's own implementation; write it yourself")
+                                                "package's own implementation (write your own)")
     assert grade_labs._delegation("AssertionError: weights") == ""
     assert grade_labs._delegation(None) == ""
 
@@ -551,7 +565,9 @@ def test_delegating_submission_scores_zero_on_the_delegated_questions(graded):
     for reason, (q, want) in zip(reasons, DELEGATED_REASONS.items(), strict=True):
         assert reason.startswith(want), (q, reason)
     assert "causal_mask" in reasons[2] and "jaxllm.model.causal_mask" in reasons[2]
-    assert "top_k_filter" in reasons[4] and "jaxllm.sample" in reasons[4]
+    assert reasons[4].startswith("q6 0/4: not your own code: a lambda uses the module sample "
+                                 "(jaxllm.sample)"), reasons[4]
+    assert ";" not in "".join(reasons)  # each reason is one item of the list
 
 
 @pytest.mark.slow
