@@ -9,7 +9,9 @@ Usage::
 ``SUBMISSIONS_DIR`` holds one notebook per student: either ``<student>.ipynb`` files, or one
 folder per student (``<student>/<anything>.ipynb``). The grades go to a CSV file with one row
 per student, one column per question, the total, and a ``reason`` column that says why points
-were lost (which tests failed, or what stopped the notebook); the CSV is printed too.
+were lost (which tests failed, or what stopped the notebook); the CSV is printed too. When a
+question's tests found that a graded function is not the student's own code (it is, wraps or
+calls the package's implementation: ``jaxllm.labcheck``), the reason says so and names it.
 
 Each notebook is graded by otter-grader (the same code as ``otter run``) in its own process,
 in a fresh temporary folder with a fresh copy of the autograder archive, so nothing one
@@ -60,6 +62,9 @@ DIST_DIR = REPO_ROOT / "labs" / "dist"
 # Environment variables of the lab setup cell that must not act while grading (they install
 # packages or download files); see coursekit/lab_template.py.
 SCRUBBED_ENV = ("JAXLLM_INSTALL_SOURCE", "JAXLLM_LABS_URL")
+# How the labs' tests say that a graded function is not the student's own code (the start of
+# the messages of jaxllm.labcheck.NotYourCode, its MARKER; a test checks that they agree).
+DELEGATION_MARKER = "not your own code:"
 SUBMISSION_NAME = "submission.ipynb"
 RESULT_NAME = "result.json"
 OUTPUT_STATUS_NAME = "output.json"  # how much output the worker discarded so far
@@ -338,8 +343,11 @@ def _apply_result(grade: Grade, work: Path, questions: list[Question], returncod
         if q.name in result.get("voided", []):
             continue  # the note says why
         missed = [t for t in failed.get(q.name, []) if t in q.test_names]
+        delegated = result.get("delegated", {}).get(q.name)
         if grade.scores[q.name] < q.possible:
-            if len(missed) == len(q.test_names):
+            if isinstance(delegated, str) and delegated:
+                detail = delegated[:300]  # says which function and which package code
+            elif len(missed) == len(q.test_names):
                 detail = "all tests failed"
             else:
                 detail = "failed " + ", ".join(
@@ -481,8 +489,8 @@ def _prepare_submission(source: Path, target: Path, assignment: str | None,
 
 def run_worker(work: Path, max_output_mb: float, max_file_mb: float) -> int:
     """Grade ``work/submission.ipynb`` with ``work/autograder.zip``; write ``work/result.json``."""
-    result: dict[str, Any] = {"scores": {}, "failed": {}, "voided": [], "notes": [],
-                              "error": None}
+    result: dict[str, Any] = {"scores": {}, "failed": {}, "delegated": {}, "voided": [],
+                              "notes": [], "error": None}
     ag = work / "autograder"
     try:
         _limit_file_size(int(max_file_mb * 2**20))
@@ -535,6 +543,10 @@ def run_worker(work: Path, max_output_mb: float, max_file_mb: float) -> int:
             result["scores"][name] = float(test_file.score)
             result["failed"][name] = [r.test_case.name for r in test_file.test_case_results
                                       if not r.passed]
+            delegated = [_delegation(r.message) for r in test_file.test_case_results
+                         if not r.passed]
+            if any(delegated):
+                result["delegated"][name] = next(d for d in delegated if d)
         for name in tampered:
             question = name.removesuffix(".py")
             result["scores"][question] = 0.0
@@ -553,6 +565,13 @@ def run_worker(work: Path, max_output_mb: float, max_file_mb: float) -> int:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, work / RESULT_NAME)
     return 0
+
+
+def _delegation(message: str | None) -> str:
+    """The reason of a test that failed because the function is not the student's own code
+    (the message of ``jaxllm.labcheck.NotYourCode``), or ``""``."""
+    match = re.search(re.escape(DELEGATION_MARKER) + r"[^\n]*", message or "")
+    return match.group(0).strip() if match else ""
 
 
 class _Ungradable(Exception):

@@ -5,9 +5,13 @@
 - the student notebook holds no solution code and no hidden test (searched for);
 - grading a folder (scripts/grade_labs.py, the instructors' command): the solution scores full
   marks, the untouched student notebook zero without grader errors, a planted wrong answer
-  exactly the partial credit its tests give it, and hostile notebooks (endless loop, endless
-  output, kernel crash, deleted files, edited tests, memory hog) zero with a reason, without
-  disturbing the others;
+  exactly the partial credit its tests give it, a submission that delegates graded functions to
+  the package's own implementations (imports, wrappers, a lambda, a getattr detour) zero on
+  those questions with the reason "not your own code", and hostile notebooks (endless loop,
+  endless output, kernel crash, deleted files, edited tests, memory hog) zero with a reason,
+  without disturbing the others;
+- every test of the lab checks first that the functions it grades are the student's own code
+  (``jaxllm.labcheck.own_code``, tested in tests/test_labcheck.py);
 - the student flow as Colab sees it: the student notebook alone in an empty folder, the package
   installed by its setup cell from the local checkout instead of GitHub: the setup cell finds the
   public tests, and ``grader.check`` reports failures on the blank notebook (without stopping it)
@@ -60,6 +64,92 @@ def softmax_with_temperature(logits, temperature):
     return e / e.sum(axis=-1, keepdims=True)
 '''.strip()
 
+QUESTIONS = [f"q{i}" for i in range(1, 8)]
+# The package's module that holds the reference implementations of each question.
+BANNED = {"q1": "tokenizer", "q2": "sample", "q3": "model", "q4": "sample", "q5": "model",
+          "q6": "sample", "q7": "tokenizer"}
+
+# A submission that lets the package do the work (answer cell start -> replacement). q5 is
+# answered honestly, without the q3 functions (whose causal_mask is the package's here).
+DELEGATING = {
+    # The brief's case: the answer cells only import the package's functions.
+    "def pair_counts": "from jaxllm.tokenizer import merge_pair, pair_counts",
+    "def softmax_with_temperature": "from jaxllm.sample import softmax_with_temperature",
+    "def causal_mask": '''
+from jaxllm.model import causal_mask
+
+
+def causal_attention_weights(scores):
+    scores = np.asarray(scores, dtype=np.float64)
+    masked = np.where(causal_mask(scores.shape[-1]), scores, -np.inf)
+    e = np.exp(masked - masked.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+''',
+    # A def wrapper.
+    "def top_p_filter": '''
+import jaxllm.sample
+
+
+def top_p_filter(logits, p):
+    return np.asarray(jaxllm.sample.top_p_filter(logits, p), dtype=np.float64)
+''',
+    "def attention_head": '''
+def attention_head(x, w_q, w_k, w_v):
+    x = np.asarray(x, dtype=np.float64)
+    q, k, v = x @ w_q, x @ w_k, x @ w_v
+    scores = q @ k.T / np.sqrt(q.shape[-1])
+    scores = np.where(np.tril(np.ones(scores.shape, bool)), scores, -np.inf)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights = e / e.sum(axis=-1, keepdims=True)
+    return weights @ v, weights
+''',
+    # A lambda, and a generation loop that is the student's own but uses it.
+    "import jax\nimport jax.numpy as jnp": '''
+import jax
+import jax.numpy as jnp
+from jaxllm import sample
+
+top_k_filter = lambda logits, k: sample.top_k_filter(logits, k or 0)  # noqa: E731
+
+
+def generate_tokens(next_logits, prompt, max_new_tokens, key, temperature=1.0, top_k=None):
+    tokens, new = list(prompt), []
+    for _ in range(max_new_tokens):
+        key, sub = jax.random.split(key)
+        logits = np.asarray(next_logits(tokens), dtype=np.float32)
+        if temperature == 0:
+            token = int(np.argmax(logits))
+        else:
+            z = top_k_filter(logits / np.float32(temperature), top_k)
+            token = int(jax.random.categorical(sub, jnp.asarray(z)))
+        tokens.append(token)
+        new.append(token)
+    return new
+''',
+    # A detour that no reading of the code follows: caught while it runs.
+    "def train_bpe": '''
+import importlib
+
+
+def train_bpe(text, num_merges):
+    module = importlib.import_module("jaxllm." + "tokenizer")
+    return getattr(module, "BPE" + "Tokenizer").train(text, 256 + num_merges).merges
+''',
+}
+DELEGATED_REASONS = {
+    "q1": "q1 0/4: not your own code: pair_counts is jaxllm.tokenizer.pair_counts, the "
+          "package's own implementation (write your own)",
+    "q2": "q2 0/4: not your own code: softmax_with_temperature is "
+          "jaxllm.sample.softmax_with_temperature, the package's own implementation (write your "
+          "own)",
+    "q3": "q3 0/4: not your own code: ",
+    "q4": "q4 0/4: not your own code: top_p_filter uses the module jaxllm.sample, which holds "
+          "the package's own implementation (write your own)",
+    "q6": "q6 0/4: not your own code: ",
+    "q7": "q7 0/4: not your own code: train_bpe calls jaxllm.tokenizer.BPETokenizer.train, the "
+          "package's own implementation (write your own)",
+}
+
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: generate once, build the planted submissions, grade once
@@ -85,8 +175,19 @@ def _solutions_filled_in(assigned) -> nbformat.NotebookNode:
             answers += 1
         else:
             assert cell.source == solved.source
-    assert answers >= 4
+    assert answers == len(QUESTIONS)
     return filled
+
+
+def _first_questions_solved(assigned, filled) -> nbformat.NotebookNode:
+    """The solved notebook with the answers of q5-q7 left blank: a cheaper base for hostile
+    notebooks whose grade does not depend on those answers (blank answers fail fast)."""
+    student = nbformat.read(assigned.student_notebook, as_version=4)
+    nb = copy.deepcopy(filled)
+    answers = [i for i, c in enumerate(nb.cells) if ANSWER_TAG in c.metadata.get("tags", [])]
+    for i in answers[4:]:
+        nb.cells[i].source = student.cells[i].source
+    return nb
 
 
 def _replace_answer(nb: nbformat.NotebookNode, startswith: str, source: str):
@@ -130,6 +231,10 @@ def graded(assigned, tmp_path_factory):
     shutil.copyfile(assigned.student_notebook, folder / "blank.ipynb")
     nbformat.write(_replace_answer(filled, "def softmax_with_temperature", WRONG_SOFTMAX),
                    folder / "wrong.ipynb")
+    delegating = filled
+    for start, source in DELEGATING.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
     hostile = {
         "crash": "import os\nos._exit(3)",
         "deletes": """
@@ -142,7 +247,7 @@ def graded(assigned, tmp_path_factory):
             saved = {path: open(path).read() for path in glob.glob("tests/*.py")}
             for path, text in saved.items():
                 open(path, "w").write(text.replace("assert ", "assert True or "))
-            for question in ["q1", "q2", "q3", "q4"]:
+            for question in ["q1", "q2", "q3", "q4", "q5", "q6", "q7"]:
                 grader.check(question)
             for path, text in saved.items():
                 open(path, "w").write(text)
@@ -163,8 +268,11 @@ def graded(assigned, tmp_path_factory):
                 chunks.append(bytearray(50_000_000))
             """,
     }
+    partly = _first_questions_solved(assigned, filled)
     for name, code in hostile.items():
-        nbformat.write(_hostile(filled, code), folder / f"{name}.ipynb")
+        # Only the output flood is graded in full (it must still score full marks).
+        nbformat.write(_hostile(filled if name == "floods" else partly, code),
+                       folder / f"{name}.ipynb")
     start = time.monotonic()
     rows, text = _grade_cli(folder, assigned.autograder_zip, folder / "grades.csv",
                             "--timeout", "300", "--max-output-mb", "5",
@@ -273,28 +381,75 @@ def _test_function(cell) -> ast.FunctionDef:
 
 def test_questions_have_public_and_hidden_tests_with_points(assigned):
     _, questions = grade_labs.read_questions(assigned.autograder_zip)
-    assert [q.name for q in questions] == ["q1", "q2", "q3", "q4"]
+    assert [q.name for q in questions] == QUESTIONS
     for q in questions:
         hidden = list(q.hidden.values())
         assert any(hidden) and not all(hidden), q.name
         assert q.possible == len(hidden)  # one point per test: partial credit is predictable
     configs = [_test_config(c) for c in _source_cells("tests")]
-    assert len(configs) == 16 and all(c["points"] == 1 for c in configs)
+    assert len(configs) == 28 and all(c["points"] == 1 for c in configs)
+
+
+def _own_code_call(node: ast.AST, param: str) -> bool:
+    """``labcheck.own_code(param, <module>)``: the one rebinding of a parameter allowed."""
+    return (isinstance(node, ast.Call) and ast.unparse(node.func) == "labcheck.own_code"
+            and len(node.args) == 2 and isinstance(node.args[0], ast.Name)
+            and node.args[0].id == param)
 
 
 def test_test_functions_do_not_shadow_the_students_functions():
     """A test that rebinds its parameter (say ``from jaxllm.sample import top_p_filter``)
-    would compare jaxllm with itself and pass on a blank notebook."""
+    would compare jaxllm with itself and pass on a blank notebook. The one rebinding allowed
+    is the delegation check, ``f = labcheck.own_code(f, module)``."""
     for cell in _source_cells("tests"):
         function = _test_function(cell)
         params = {a.arg for a in function.args.args}
-        bound = set()
+        checks = {s.targets[0].id for s in function.body if isinstance(s, ast.Assign)
+                  and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+                  and _own_code_call(s.value, s.targets[0].id)}
+        bound = []
         for node in ast.walk(function):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                bound.add(node.id)
+                bound.append(node.id)
             elif isinstance(node, ast.alias):
-                bound.add(node.asname or node.name.split(".")[0])
-        assert not params & bound, f"{function.name} rebinds {params & bound}"
+                bound.append(node.asname or node.name.split(".")[0])
+        rebound = [name for name in bound if name in params]
+        assert sorted(rebound) == sorted(checks), f"{function.name} rebinds {rebound}"
+
+
+def test_every_test_checks_first_that_the_functions_are_the_students_own():
+    """Each test, public and hidden, starts by passing every function it grades through
+    ``jaxllm.labcheck.own_code`` with the module of the question's reference implementations,
+    so a delegating answer fails all of its question's tests (and only those)."""
+    nb = nbformat.read(LABS / "src" / f"{LAB}.ipynb", as_version=4)
+    question, seen = None, {}
+    for cell in nb.cells:
+        if cell.cell_type == "raw" and cell.source.startswith("# BEGIN QUESTION"):
+            question = re.search(r"name: (q\d+)", cell.source).group(1)
+        if cell.cell_type != "code" or "# BEGIN TEST CONFIG" not in cell.source:
+            continue
+        function = _test_function(cell)
+        params = [a.arg for a in function.args.args]
+        body = function.body
+        module = BANNED[question]
+        assert ast.unparse(body[0]) == f"from jaxllm import labcheck, {module}", function.name
+        for param, statement in zip(params, body[1:], strict=False):
+            assert ast.unparse(statement) == f"{param} = labcheck.own_code({param}, {module})", (
+                function.name)
+        seen[question] = seen.get(question, 0) + 1
+    assert seen == {q: 4 for q in QUESTIONS}
+
+
+def test_the_grader_recognises_the_checks_message():
+    from jaxllm import labcheck
+
+    assert grade_labs.DELEGATION_MARKER == labcheck.MARKER
+    message = (f"Traceback ...\nNotYourCode: {labcheck.MARKER} f is jaxllm.sample.f, the "
+               "package's own implementation (write your own)\n")
+    assert grade_labs._delegation(message) == (f"{labcheck.MARKER} f is jaxllm.sample.f, the "
+                                                "package's own implementation (write your own)")
+    assert grade_labs._delegation("AssertionError: weights") == ""
+    assert grade_labs._delegation(None) == ""
 
 
 def test_student_notebook_has_no_solutions_and_no_hidden_tests():
@@ -324,7 +479,7 @@ def test_student_notebook_has_no_solutions_and_no_hidden_tests():
         assert json.dumps(line)[1:-1] not in student_text, line
     # Answer cells are there, with the prompts (...) instead of the code.
     answers = [c for c in student.cells if ANSWER_TAG in c.metadata.get("tags", [])]
-    assert len(answers) == 4 and all("    ..." in c.source for c in answers)
+    assert len(answers) == len(QUESTIONS) and all("    ..." in c.source for c in answers)
     assert not any(SOLUTION_CELL_TAG in c.metadata.get("tags", []) for c in student.cells)
     # Tests: the public ones are in the metadata, the hidden ones nowhere.
     public, hidden = [], []
@@ -357,23 +512,23 @@ def test_student_notebook_has_no_solutions_and_no_hidden_tests():
 
 
 def _scores(row) -> list[float]:
-    return [float(row[q]) for q in ("q1", "q2", "q3", "q4")]
+    return [float(row[q]) for q in QUESTIONS]
 
 
 @pytest.mark.slow
 def test_solution_scores_full_marks(graded):
-    assert _scores(graded["solution"]) == [4, 4, 4, 4]
-    assert float(graded["solution"]["total"]) == 16
+    assert _scores(graded["solution"]) == [4] * 7
+    assert float(graded["solution"]["total"]) == 28
     assert graded["solution"]["reason"] == ""
 
 
 @pytest.mark.slow
 def test_untouched_student_notebook_scores_zero_without_grader_errors(graded):
     row = graded["blank"]
-    assert _scores(row) == [0, 0, 0, 0] and float(row["total"]) == 0
+    assert _scores(row) == [0] * 7 and float(row["total"]) == 0
     # Every reason is a failed test, none is an error of the grading itself.
     reasons = row["reason"].split("; ")
-    assert reasons == [f"q{i} 0/4: all tests failed" for i in range(1, 5)]
+    assert reasons == [f"q{i} 0/4: all tests failed" for i in range(1, 8)]
 
 
 @pytest.mark.slow
@@ -392,28 +547,45 @@ def test_planted_wrong_answer_gets_the_partial_credit_of_its_tests(graded, assig
         test_file.run(env)
     row = graded["wrong"]
     assert float(row["q2"]) == test_file.score == 2
-    assert [float(row[q]) for q in ("q1", "q3", "q4")] == [4, 4, 4]
-    assert float(row["total"]) == 14
+    assert [float(row[q]) for q in QUESTIONS if q != "q2"] == [4] * 6
+    assert float(row["total"]) == 26
     assert row["reason"] == ("q2 2/4: failed test_q2_temperature_zero_is_argmax, "
                              "test_q2_ties_at_temperature_zero (hidden)")
 
 
 @pytest.mark.slow
+def test_delegating_submission_scores_zero_on_the_delegated_questions(graded):
+    """Answer cells that import the package's functions, wrap them (a def, a lambda) or reach
+    them by a getattr detour score 0 on their questions, with the reason; q5, answered
+    honestly, keeps its points. (Before the check, the imports alone scored 11 of 16.)"""
+    row = graded["delegating"]
+    assert _scores(row) == [0, 0, 0, 0, 4, 0, 0] and float(row["total"]) == 4
+    reasons = row["reason"].split("; ")
+    assert len(reasons) == 6, reasons
+    for reason, (q, want) in zip(reasons, DELEGATED_REASONS.items(), strict=True):
+        assert reason.startswith(want), (q, reason)
+    assert "causal_mask" in reasons[2] and "jaxllm.model.causal_mask" in reasons[2]
+    assert reasons[4].startswith("q6 0/4: not your own code: a lambda uses the module sample "
+                                 "(jaxllm.sample)"), reasons[4]
+    assert ";" not in "".join(reasons)  # each reason is one item of the list
+
+
+@pytest.mark.slow
 def test_kernel_crash_scores_zero_with_a_reason(graded):
-    assert _scores(graded["crash"]) == [0, 0, 0, 0]
+    assert _scores(graded["crash"]) == [0] * 7
     assert "the kernel died" in graded["crash"]["reason"]
 
 
 @pytest.mark.slow
 def test_deleting_grading_files_scores_zero_with_a_reason(graded):
-    assert _scores(graded["deletes"]) == [0, 0, 0, 0]
+    assert _scores(graded["deletes"]) == [0] * 7
     assert "deleted grading files" in graded["deletes"]["reason"]
 
 
 @pytest.mark.slow
 def test_edited_tests_void_their_questions(graded):
-    assert _scores(graded["edits"]) == [0, 0, 0, 0]
-    for q in ("q1", "q2", "q3", "q4"):
+    assert _scores(graded["edits"]) == [0] * 7
+    for q in QUESTIONS:
         assert f"{q} voided: the notebook changed its test file {q}.py" in graded["edits"][
             "reason"]
 
@@ -436,30 +608,30 @@ def test_tampered_test_files_are_found_by_content_and_by_change_time(tmp_path):
 
 @pytest.mark.slow
 def test_broken_tests_score_zero_with_a_reason(graded):
-    assert _scores(graded["empties"]) == [0, 0, 0, 0]
+    assert _scores(graded["empties"]) == [0] * 7
     assert graded["empties"]["reason"].startswith(
-        "the notebook changed its test files (q1.py, q2.py, q3.py, q4.py); grading failed: ")
+        "the notebook changed its test files (q1.py, q2.py, q3.py, q4.py, q5.py, q6.py, q7.py); "
+        "grading failed: ")
 
 
 @pytest.mark.slow
 def test_output_past_the_limit_is_discarded_and_grading_goes_on(graded):
-    assert _scores(graded["floods"]) == [4, 4, 4, 4]
+    assert _scores(graded["floods"]) == [4] * 7
     assert re.fullmatch(r"output over 5 MB discarded \((5[0-9]|60) MB not kept\)",
                         graded["floods"]["reason"])
 
 
 @pytest.mark.slow
 def test_memory_hog_is_stopped(graded):
-    assert _scores(graded["hog"]) == [0, 0, 0, 0]
+    assert _scores(graded["hog"]) == [0] * 7
     assert "over the 1500 MB memory limit" in graded["hog"]["reason"]
 
 
 @pytest.mark.slow
 def test_csv_has_one_row_per_student(graded):
-    assert sorted(graded) == ["blank", "crash", "deletes", "edits", "empties", "floods", "hog",
-                              "solution", "wrong"]
-    assert list(next(iter(graded.values()))) == ["student", "q1", "q2", "q3", "q4", "total",
-                                                 "reason"]
+    assert sorted(graded) == ["blank", "crash", "delegating", "deletes", "edits", "empties",
+                              "floods", "hog", "solution", "wrong"]
+    assert list(next(iter(graded.values()))) == ["student", *QUESTIONS, "total", "reason"]
 
 
 @pytest.mark.slow
@@ -474,7 +646,7 @@ def test_endless_notebooks_are_stopped_with_all_their_processes(stopped):
                         r"(; it had printed \d+ MB past the output limit)?",
                         rows["prints"]["reason"])
     for name in ("loops", "prints"):
-        assert _scores(rows[name]) == [0, 0, 0, 0]
+        assert _scores(rows[name]) == [0] * 7
         pid = pids[name]  # the kernel that ran the notebook
         alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         assert not alive, f"{name}: kernel {pid} still runs"
@@ -599,14 +771,14 @@ def test_student_flow_blank_notebook_alone_in_a_folder(student_runs):
     nb = run["nb"]
     assert run["before"] == [f"{LAB}.ipynb"]
     setup = _text(nb.cells[lab_template.first_code_cell_index(nb)])
-    assert f"Lab {LAB}: public tests for q1, q2, q3, q4 from {LAB}.ipynb." in setup
+    assert f"Lab {LAB}: public tests for q1, q2, q3, q4, q5, q6, q7 from {LAB}.ipynb." in setup
     # The kernel runs the venv's Python, and jaxllm is the copy the setup cell installed there.
     _, python, package = _text(nb.cells[-1]).split()
     venv = str(student_runs["venv"])
     assert python.startswith(venv) and package.startswith(venv)
     assert package.endswith("site-packages/jaxllm/__init__.py")
     checks = _checks(nb)
-    assert sorted(checks) == ["q1", "q2", "q3", "q4"]
+    assert sorted(checks) == QUESTIONS
     for q, text in checks.items():
         assert f"{q} results:" in text and "Test case failed" in text, text[:500]
         assert "All test cases passed" not in text
@@ -618,6 +790,6 @@ def test_student_flow_solved_notebook_passes_public_tests(student_runs):
     setup = _text(nb.cells[lab_template.first_code_cell_index(nb)])
     assert f"from {LABS.as_uri()}/{LAB}.ipynb." in setup
     checks = _checks(nb)
-    assert sorted(checks) == ["q1", "q2", "q3", "q4"]
+    assert sorted(checks) == QUESTIONS
     for q, text in checks.items():
         assert f"{q} results: All test cases passed!" in text, text[:500]
