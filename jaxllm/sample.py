@@ -45,8 +45,10 @@ LogitsHook = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 def softmax_with_temperature(logits: jax.Array, temperature: float) -> jax.Array:
     """Probabilities ``softmax(logits / temperature)`` over the last axis.
 
-    Temperature 0 is the limit of this as the temperature goes to zero: all mass on the
-    largest logit (the first one, if several are equal).
+    Temperature 0 means greedy decoding: all mass on the largest logit. With one largest
+    logit that is the limit as the temperature goes to zero. With several equal largest
+    logits the limit would share the mass equally among them; taking the first of them is a
+    convention (the one ``argmax`` follows), not that limit.
     """
     check_number("temperature", temperature, low=0.0)
     logits = jnp.asarray(logits, jnp.float32)
