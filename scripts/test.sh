@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run every check of the project, in order, and print a summary table at the end:
 #   1. lint            ruff check .
-#   2. unit tests      pytest tests -m "not browser and not packaging"
-#   2b. packaging      the wheel and the Colab install cell in fresh virtual environments
-#   3. nbval chapters  the committed outputs of chapters/*.ipynb are still what the code prints
-#   4. nbval labs      the same for the lab solution notebooks (labs/src/*.ipynb), when present
-#   5. book build      jupyter-book build, all pages, warnings are errors
-#   6. browser test    the built site in headless Chromium (tests/test_site.py)
+#   2. unit tests      pytest tests -m "not browser and not packaging and not integration"
+#   3. integration     whole programs in subprocesses: the CLI, multi-device and multi-process
+#                      training, lab grading, the GPU benchmark at toy size, malloc counters
+#   4. packaging       the wheel and the Colab install cell in fresh virtual environments
+#   5. nbval chapters  the committed outputs of chapters/*.ipynb are still what the code prints
+#   6. nbval labs      the same for the lab solution notebooks (labs/src/*.ipynb), when present
+#   7. book build      jupyter-book build, all pages, warnings are errors
+#   8. browser test    the built site in headless Chromium (tests/test_site.py)
 # Every step runs even when an earlier one failed, so the summary is complete; the script exits
 # non-zero if any step failed. A step that collects no tests (pytest exit 5) counts as failed.
 set -uo pipefail
@@ -52,8 +54,10 @@ skip_step() {
 }
 
 run_step "lint (ruff)" "$PYTHON" -m ruff check .
-run_step "unit tests" "$PYTHON" -m pytest tests -m "not browser and not packaging" -q \
-  --durations=10
+run_step "unit tests" "$PYTHON" -m pytest tests -m "not browser and not packaging and not integration" \
+  -q --durations=10
+run_step "integration" "$PYTHON" -m pytest tests -m integration -q --durations=10 \
+  -p no:cacheprovider
 run_step "packaging" "$PYTHON" -m pytest tests -m packaging -q -p no:cacheprovider
 # Committed outputs are made on the CPU (scripts/execute_notebooks.py --cpu); check them there.
 run_step "nbval chapters" env JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" \

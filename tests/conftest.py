@@ -15,16 +15,23 @@ CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met o
 
 @contextlib.contextmanager
 def count_compiles():
-    """Yield a list that gets one entry per XLA compilation while the block runs."""
+    """Yield a list that gets one entry per new executable while the block runs: an XLA
+    compilation, or a load from JAX's persistent compilation cache (which the test session
+    turns on; see the repository's conftest.py)."""
     import jax
 
     compiles: list[str] = []
 
-    def listener(name, *_args, **_kw):
+    def on_duration(name, *_args, **_kw):
         if name == "/jax/core/compile/backend_compile_duration":
             compiles.append(name)
 
-    jax.monitoring.register_event_duration_secs_listener(listener)
+    def on_event(name, *_args, **_kw):
+        if name == "/jax/compilation_cache/cache_hits":
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
     try:
         yield compiles
     finally:
@@ -32,7 +39,12 @@ def count_compiles():
         if unregister is None:  # jax < 0.8.1 only has the private spelling
             from jax._src import monitoring
             unregister = monitoring._unregister_event_duration_listener_by_callback
-        unregister(listener)
+        unregister(on_duration)
+        unregister_event = getattr(jax.monitoring, "unregister_event_listener", None)
+        if unregister_event is None:
+            from jax._src import monitoring
+            unregister_event = monitoring._unregister_event_listener_by_callback
+        unregister_event(on_event)
 
 
 def random_model(cfg: ModelConfig, seed: int = 0, std: float = 0.2):
@@ -75,3 +87,11 @@ def trained_tiny(char_corpus):
     trainer = Trainer(mcfg, tcfg, ids[:3000], ids[3000:])
     trainer.fit(progress=False)
     return trainer.model, tok, trainer
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that run the multi-device workers (the ``runs`` fixture of test_sharding.py)
+    are integration tests: they start fresh processes with simulated devices."""
+    for item in items:
+        if "runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 

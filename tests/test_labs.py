@@ -54,6 +54,8 @@ SOLUTION_CELL_TAG = "otter_assign_solution_cell"
 # After the importorskips: the lab tooling imports otter lazily, but needs psutil to grade.
 from coursekit import assign_labs, grade_labs, lab_template, notebook_template  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 # A plausible mistake for q2: the temperature-0 case is forgotten (division by zero).
 WRONG_SOFTMAX = '''
 def softmax_with_temperature(logits, temperature):

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")]
 
 WORKER = r"""
 import json, resource, sys

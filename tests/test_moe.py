@@ -204,6 +204,7 @@ def test_expert_weights_are_split_along_the_expert_axis_when_it_divides(n_expert
     assert tuple(placements["blocks/mlp/w_in"].spec) == (None, *spec)
 
 
+@pytest.mark.integration
 def test_moe_trains_sharded_over_four_devices_like_on_one(tmp_path):
     """In a fresh process with 4 simulated CPU devices (see tests/moe_sharding_worker.py)."""
     import json
