@@ -231,14 +231,6 @@ def stamp_notebook(path: Path, config_path: Path = CONFIG_PATH, *,
     return changed
 
 
-def _notebooks(paths: list[str], default: list[Path]) -> list[Path]:
-    found = [Path(p) for p in paths] if paths else default
-    for p in found:
-        if p.suffix != ".ipynb" or not p.is_file():
-            raise ValueError(f"notebook path must be an existing .ipynb file, got {str(p)!r}")
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "check":
         default = sorted(SOURCES_DIR.glob("*.ipynb")) + sorted(LABS_DIR.glob("*.ipynb"))
-        notebooks = _notebooks(args.notebooks, default)
+        notebooks = notebook_template.notebook_paths(args.notebooks, default)
         problems = [p for nb in notebooks for p in check_notebook(nb)]
         print("\n".join(problems) if problems else f"{len(notebooks)} lab notebook(s) match")
         return 1 if problems else 0
-    for nb in _notebooks(args.notebooks, sorted(SOURCES_DIR.glob("*.ipynb"))):
+    for nb in notebook_template.notebook_paths(args.notebooks, sorted(SOURCES_DIR.glob("*.ipynb"))):
         changed = stamp_notebook(nb, keep_outputs=args.keep_outputs)
         print(f"{'stamped' if changed else 'unchanged'}: {nb}")
     return 0

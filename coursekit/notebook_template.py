@@ -270,11 +270,13 @@ def stamp_notebook(path: Path, config_path: Path = CONFIG_PATH, *,
     return changed
 
 
-def _notebooks(paths: list[str]) -> list[Path]:
+def notebook_paths(paths: list[str], default: list[Path] | None = None) -> list[Path]:
+    """The notebooks named on a command line (default: ``default``, else every chapter),
+    each checked to be an existing ``.ipynb`` file."""
     if paths:
         found = [Path(p) for p in paths]
     else:
-        found = sorted(CHAPTERS_DIR.glob("*.ipynb"))
+        found = sorted(CHAPTERS_DIR.glob("*.ipynb")) if default is None else default
     for p in found:
         if p.suffix != ".ipynb" or not p.is_file():
             raise ValueError(f"notebook path must be an existing .ipynb file, got {str(p)!r}")
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "show":
         print(install_cell_source())
         return 0
-    notebooks = _notebooks(args.notebooks)
+    notebooks = notebook_paths(args.notebooks)
     if args.command == "check":
         problems = [p for nb in notebooks for p in check_notebook(nb)]
         print("\n".join(problems) if problems else f"{len(notebooks)} notebook(s) match")
