@@ -395,7 +395,9 @@ class Trainer:
 
 
 def _is_source(x: Any) -> bool:
-    return isinstance(x, BatchSource) and not isinstance(x, np.ndarray | list | tuple)
+    """A batch source, not a token array (NumPy, JAX, list or tuple: those index too)."""
+    return (isinstance(x, BatchSource) and not hasattr(x, "ndim")
+            and not isinstance(x, list | tuple))
 
 
 def _stack(results: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

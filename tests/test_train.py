@@ -206,3 +206,15 @@ def test_score_text_matches_a_plain_loop(char_corpus):
     assert score.bits_per_character == pytest.approx(total / np.log(2) / len(text), rel=1e-5)
     with pytest.raises(ValueError, match="at least 2 tokens"):
         score_text(model, tok, "t")
+
+
+def test_token_arrays_of_any_kind_are_tokens_not_batch_sources(char_corpus):
+    import jax.numpy as jnp
+
+    _, ids = char_corpus
+    cfg = MCFG.replace(vocab_size=int(ids.max()) + 1)
+    tcfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1)
+    for tokens in (ids[:500], jnp.asarray(ids[:500]), list(ids[:500])):
+        trainer = Trainer(cfg, tcfg, tokens)
+        assert sorted(trainer.eval_sets) == ["train"]  # windows of the stream, evaluated too
+        assert trainer.train_batches[0]["inputs"].shape == (4, cfg.context_length)
