@@ -18,6 +18,9 @@ A sliding-window model (``cfg.sliding_window``, Mistral) decodes with its rollin
 ``min(sliding_window, prompt + new tokens)`` slots instead (see :func:`jaxllm.model.init_cache`):
 memory stays bounded by the window however long the generation, and nothing is re-prefilled
 until the *positions* reach the context length.
+
+:func:`generate_recompute` is the same loop without the cache (a full forward pass per
+token), the reference against which the cache is measured.
 """
 
 from __future__ import annotations
@@ -281,6 +284,60 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
             toks = toks[: toks.index(stop_token)]
         results.append(toks)
     return results
+
+
+@partial(jax.jit, static_argnames=("graphdef", "new_tokens"))
+def _recompute(graphdef, params, prompt, key, temperature, *, new_tokens: int):
+    model = nnx.merge(graphdef, params)
+    T = model.cfg.context_length
+    B, P = prompt.shape
+    total = P + new_tokens
+    buf = jnp.zeros((B, max(total, T)), jnp.int32).at[:, :P].set(prompt)
+
+    def body(i, carry):
+        buf, key = carry
+        length = P + i                            # tokens so far
+        start = jnp.maximum(length - T, 0)        # crop to the last T tokens
+        window = jax.lax.dynamic_slice(buf, (0, start), (B, T))
+        logits = model(window)                    # [B, T, V]: the full forward
+        last = jax.lax.dynamic_index_in_dim(logits, length - start - 1, axis=1,
+                                            keepdims=False)
+        key, sub = jax.random.split(key)
+        tok = sample_logits(sub, last, temperature)
+        return jax.lax.dynamic_update_slice(buf, tok[:, None], (0, length)), key
+
+    buf, _ = jax.lax.fori_loop(0, new_tokens, body, (buf, key))
+    return buf[:, P:total]
+
+
+def generate_recompute(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
+                       max_new_tokens: int, *, temperature: float = 1.0, seed: int = 0,
+                       key: jax.Array | None = None) -> list[list[int]]:
+    """:func:`generate` without a KV cache: the reference that shows what the cache saves.
+
+    The textbook loop, compiled into one ``lax.fori_loop``: at every step the whole window of
+    ``context_length`` token slots goes through the model (right-padded while the sequence is
+    shorter: causal attention makes the padding invisible to the position that is read;
+    cropped to the last ``context_length`` tokens once it is longer) and the last real
+    position's logits are sampled with :func:`sample_logits`. The work per token is therefore
+    one full forward pass, whatever the length so far. All prompts must have the same length
+    (there is no left padding here); no top-k, top-p or stop token. Greedy decoding
+    (``temperature=0``) gives the same tokens as :func:`generate` while the sequence fits in
+    the context (beyond it the two slide their windows differently).
+    """
+    cfg = model.cfg
+    prompts = _check_prompts(prompts, cfg.vocab_size, cfg.context_length)
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("prompts must all have the same length for generate_recompute, got "
+                         f"lengths {sorted({len(p) for p in prompts})}")
+    check_int("max_new_tokens", max_new_tokens, min=1)
+    check_number("temperature", temperature, low=0.0)
+    if key is None:
+        key = jax.random.key(check_int("seed", seed))
+    graphdef, params = nnx.split(model)
+    out = _recompute(graphdef, params, jnp.asarray(np.array(prompts, np.int32)), key,
+                     jnp.float32(temperature), new_tokens=max_new_tokens)
+    return np.asarray(out).tolist()
 
 
 def generate_text(model: GPT, tokenizer: Any, prompt: str, max_new_tokens: int,
