@@ -286,17 +286,18 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
     return results
 
 
-@partial(jax.jit, static_argnames=("graphdef", "new_tokens"))
-def _recompute(graphdef, params, prompt, key, temperature, *, new_tokens: int):
+@partial(jax.jit, static_argnames=("graphdef",))
+def _recompute(graphdef, params, buf, prompt_len, new_tokens, key, temperature):
+    # `buf` [B, max(P + N, T)] holds the prompt in its first `prompt_len` slots. Lengths are
+    # traced values: every call with the same buffer shape (all sequences that fit in the
+    # context) reuses one compiled program.
     model = nnx.merge(graphdef, params)
     T = model.cfg.context_length
-    B, P = prompt.shape
-    total = P + new_tokens
-    buf = jnp.zeros((B, max(total, T)), jnp.int32).at[:, :P].set(prompt)
+    B = buf.shape[0]
 
     def body(i, carry):
         buf, key = carry
-        length = P + i                            # tokens so far
+        length = prompt_len + i                   # tokens so far
         start = jnp.maximum(length - T, 0)        # crop to the last T tokens
         window = jax.lax.dynamic_slice(buf, (0, start), (B, T))
         logits = model(window)                    # [B, T, V]: the full forward
@@ -307,7 +308,7 @@ def _recompute(graphdef, params, prompt, key, temperature, *, new_tokens: int):
         return jax.lax.dynamic_update_slice(buf, tok[:, None], (0, length)), key
 
     buf, _ = jax.lax.fori_loop(0, new_tokens, body, (buf, key))
-    return buf[:, P:total]
+    return buf
 
 
 def generate_recompute(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
@@ -323,7 +324,8 @@ def generate_recompute(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[i
     one full forward pass, whatever the length so far. All prompts must have the same length
     (there is no left padding here); no top-k, top-p or stop token. Greedy decoding
     (``temperature=0``) gives the same tokens as :func:`generate` while the sequence fits in
-    the context (beyond it the two slide their windows differently).
+    the context (beyond it the two slide their windows differently). While prompt and new
+    tokens fit in the context, all lengths share one compiled program.
     """
     cfg = model.cfg
     prompts = _check_prompts(prompts, cfg.vocab_size, cfg.context_length)
@@ -334,10 +336,13 @@ def generate_recompute(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[i
     check_number("temperature", temperature, low=0.0)
     if key is None:
         key = jax.random.key(check_int("seed", seed))
+    B, P = len(prompts), len(prompts[0])
+    buf = np.zeros((B, max(P + max_new_tokens, cfg.context_length)), np.int32)
+    buf[:, :P] = prompts
     graphdef, params = nnx.split(model)
-    out = _recompute(graphdef, params, jnp.asarray(np.array(prompts, np.int32)), key,
-                     jnp.float32(temperature), new_tokens=max_new_tokens)
-    return np.asarray(out).tolist()
+    out = _recompute(graphdef, params, jnp.asarray(buf), jnp.int32(P),
+                     jnp.int32(max_new_tokens), key, jnp.float32(temperature))
+    return np.asarray(out)[:, P:P + max_new_tokens].tolist()
 
 
 def generate_text(model: GPT, tokenizer: Any, prompt: str, max_new_tokens: int,

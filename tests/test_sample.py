@@ -144,6 +144,12 @@ def test_recompute_loop_samples_from_the_key_and_checks_its_arguments(trained_ti
     assert a == generate_recompute(model, p, N, temperature=1.5, key=jax.random.key(3))
     assert a != generate_recompute(model, p, N, temperature=1.5, seed=4)
     assert a != generate_recompute(model, p, N, temperature=0)
+    # Lengths are traced: another prompt length or count of new tokens that fits in the
+    # context reuses the compiled loop.
+    generate_recompute(model, [tok.encode("the")], 5, temperature=0)
+    with count_compiles() as compiles:
+        generate_recompute(model, [tok.encode("a cat")], 9, temperature=0.5)
+    assert compiles == []
     with pytest.raises(ValueError, match="same length"):
         generate_recompute(model, [tok.encode("the"), tok.encode("a")], 5)
     with pytest.raises(ValueError, match="max_new_tokens"):
