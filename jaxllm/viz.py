@@ -168,7 +168,7 @@ def _draw_sampling(ax: Any, logits: np.ndarray, names: list[str], temperature: f
         ax.bar(x, tempered[idx], color=DROPPED, label="before top-k / top-p")
         ax.bar(x, final[idx], width=0.55, color=KEPT, label="sampled from")
     else:
-        ax.bar(x, final[idx], color=KEPT, label="sampled from (no top-k / top-p)")
+        ax.bar(x, final[idx], color=KEPT, label="sampled from")
     ax.set_xticks(x, [names[i] for i in idx], rotation=60, ha="right", fontsize=8)
     if log:
         ax.set_yscale("log")

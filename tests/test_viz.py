@@ -89,8 +89,7 @@ def test_plot_temperatures_has_one_panel_per_temperature():
         # The title gives the mass of the two tokens not shown.
         assert f"2 not shown: p = {np.sort(probs)[:2].sum():.3f}" in ax.get_title()
     labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
-    assert labels == ["sampled from (no top-k / top-p)"]
-    assert "before" not in " ".join(labels)
+    assert labels == ["sampled from"]  # no grey "before top-k / top-p" bars to explain
     assert fig.axes[0].get_ylabel() == "probability (log scale)"
     linear = viz.plot_temperatures(LOGITS, LABELS, temperatures=(1.0,), top=8, log=False)
     assert linear.axes[0].get_yscale() == "linear"
@@ -114,8 +113,7 @@ def test_plot_sampling_settings_legend_names_each_kind_of_bar_once():
     fig = viz.plot_sampling_settings(LOGITS, LABELS, [(1.0, 3, 1.0), (1.0, 0, 0.9),
                                                       (1.0, 0, 1.0)], top=8)
     labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
-    assert labels == ["before top-k / top-p", "sampled from",
-                      "sampled from (no top-k / top-p)"]
+    assert labels == ["before top-k / top-p", "sampled from"]
     assert len(fig.axes[2].patches) == 8  # unfiltered: no grey bars behind
     assert len(fig.axes[0].patches) == 16
 
