@@ -29,8 +29,8 @@ import numpy as np
 
 from .validate import check_int
 
-__all__ = ["ArithmeticCoder", "code_length_bits", "compressed_bits", "quantize_probs",
-           "COMPRESSORS"]
+__all__ = ["ArithmeticCoder", "code_length_bits", "compressed_bits", "model_tables",
+           "quantize_probs", "COMPRESSORS"]
 
 #: The general-purpose compressors compared, each at its strongest standard setting.
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
@@ -201,3 +201,37 @@ class ArithmeticCoder:
                     break
                 low, high, value = 2 * low, 2 * high + 1, 2 * value + next_bit()
         return out
+
+
+def model_tables(model: Any, first_token: int, *, total: int = 1 << 16) -> Callable:
+    """Frequency tables from a GPT for :class:`ArithmeticCoder`, as a function
+    ``tables(i, decoded)``: the table for symbol ``i`` of a message that follows
+    ``first_token`` (sent as is), given the ``decoded`` symbols before it.
+
+    The context is cut into windows of ``context_length`` exactly as
+    :func:`jaxllm.probes.model_next_logprobs` and :func:`jaxllm.train.score_text` cut a text,
+    so the code is as long as the model's loss on the message says. Encoder and decoder call
+    the same compiled function on the same inputs, so they compute identical tables (tables
+    from a batched evaluation could differ in the last bit of a float, and a decoder must
+    not depend on that)."""
+    import jax
+    from flax import nnx
+
+    T, V = model.cfg.context_length, model.cfg.vocab_size
+    first = check_int("first_token", first_token, min=0, max=V - 1)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def probs(params, window, pos):
+        logits = nnx.merge(graphdef, params)(window[None])[0, pos]
+        return jax.nn.softmax(logits.astype(np.float32))
+
+    def tables(i: int, decoded: Sequence[int]) -> np.ndarray:
+        t = i + 1  # the position of symbol i in [first_token, *message]
+        start = (t - 1) // T * T
+        prefix = ([first] + [int(s) for s in decoded[:i]])[start:t]
+        window = np.zeros(T, np.int32)
+        window[:len(prefix)] = prefix
+        return quantize_probs(np.asarray(probs(params, window, len(prefix) - 1)), total)
+
+    return tables

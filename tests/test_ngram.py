@@ -141,6 +141,23 @@ def test_arithmetic_coder_rejects_bad_tables():
         coder.decode([0], lambda i, d: [1, 1])
 
 
+def test_a_model_driven_coder_round_trips_at_the_models_code_length():
+    text = "to be or not to be, that is the question. " * 3
+    tok = CharTokenizer.from_text(text)
+    model = random_model(ModelConfig(vocab_size=tok.vocab_size, context_length=8, n_layer=1,
+                                     n_head=2, d_model=16), seed=1, std=0.3)
+    ids = tok.encode(text)[:30]
+    tables = compression.model_tables(model, ids[0])
+    coder = compression.ArithmeticCoder()
+    bits = coder.encode(ids[1:], tables)
+    assert coder.decode(bits, tables, n_symbols=len(ids) - 1) == ids[1:]
+    # As long as the model's loss on the message (windows of 8 as in score_text), within the
+    # rounding of the tables and the final two bits.
+    lp = probes.model_next_logprobs(model, np.array(ids), batch_size=2)
+    ideal = -lp[np.arange(len(ids) - 1), ids[1:]].sum() / math.log(2)
+    assert ideal - 1 <= len(bits) <= ideal + 3
+
+
 def test_quantize_keeps_every_symbol_codable():
     f = compression.quantize_probs([[1.0, 0.0, 0.0]])
     assert (f >= 1).all() and f[0, 0] > 60000
