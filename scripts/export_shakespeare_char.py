@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from jaxllm.checkpoint import CHECKPOINT_DIR, Checkpointer
+    from jaxllm.config import get_preset
     from jaxllm.data import load_corpus, train_val_split
     from jaxllm.model import count_params
     from jaxllm.pretrained import export_pretrained, load_pretrained
@@ -96,8 +97,9 @@ It is the transformer of chapter 11.1; load it with `jaxllm.load_pretrained("{NA
 ```
 
 The first command trains with the preset `shakespeare-char` of `jaxllm/config.py`, its step
-count lowered to {steps:,} so that it trains in about a quarter of an hour on a shared 2-core
-CPU; the second writes this folder (weights in bfloat16, {size / 1e6:.2f} MB) and this card.
+count lowered from {get_preset("shakespeare-char").train.steps:,} to {steps:,} to keep the
+training short on a 2-core CPU shared with other jobs; the second writes this folder (weights
+in bfloat16, {size / 1e6:.2f} MB) and this card.
 
 ## Data
 
@@ -157,6 +159,11 @@ nonsense.
              "val_loss": round(full.loss, 4), "val_slice_characters": SLICE,
              "val_slice_loss": round(part.loss, 4)}
     path = export_pretrained(args.run_dir, NAME, card=card, extra=extra, overwrite=True)
+    # The folder is written through a private temporary folder (mode 0700, files 0600); the
+    # package's files must be readable by everyone who installs it.
+    path.chmod(0o755)
+    for f in path.iterdir():
+        f.chmod(0o644)
     print(json.dumps(extra, indent=1))
     print(f"wrote {path}")
     return 0
