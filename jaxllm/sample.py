@@ -394,8 +394,8 @@ class Stepper:
             tokens[i, P - len(p):] = p
             valid[i, P - len(p):] = True
         valid[n:, -1] = True  # padding rows: one dummy token, never active
-        # Cache slots rounded up to a multiple of 64: fewer step programs to compile.
-        S = -(-(P + max_new_tokens) // 64) * 64
+        # Cache slots rounded up to a multiple of 128: fewer step programs to compile.
+        S = -(-(P + max_new_tokens) // 128) * 128
         self.vocab_size = cfg.vocab_size
         self.batch_size = B
         self.max_new_tokens = max_new_tokens

@@ -179,7 +179,7 @@ class _Row:
 class Engine:
     """The model, its tokenizer and the worker thread that decodes batches of jobs.
 
-    ``max_batch`` rows decode together (batches are padded to 1, 2, 4, ... rows so that few
+    ``max_batch`` rows decode together (batches are padded to 1, 4, 16, ... rows so that few
     programs are compiled); ``max_queue`` rows may wait or run before :meth:`submit` raises
     :class:`Overloaded`.
     """
@@ -278,7 +278,9 @@ class Engine:
                      Constraint(self.tokenizer, j.grammar) if j.grammar else None)
                 for j in jobs]
         n = len(jobs)
-        padded = 1 << (n - 1).bit_length()
+        padded = 1
+        while padded < n:
+            padded *= 4
         stepper = Stepper(self.model, [j.prompt for j in jobs], max(j.max_tokens for j in jobs),
                           temperature=[j.temperature for j in jobs],
                           top_k=[j.top_k for j in jobs], top_p=[j.top_p for j in jobs],
@@ -309,22 +311,20 @@ class Engine:
 # -- loading models --------------------------------------------------------------------------
 
 def load_model(spec: str) -> tuple[Any, Any, str]:
-    """``(model, tokenizer, name)`` from a run folder (``jaxllm train --out``) or the name of
-    a shipped model."""
-    if os.path.isdir(spec):
+    """``(model, tokenizer, name)`` from a run folder (``jaxllm train --out``), a folder
+    written by :func:`jaxllm.export_pretrained`, or the name of a shipped model."""
+    from .checkpoint import RUN_FILE
+
+    name = os.path.basename(os.path.normpath(spec))
+    if os.path.isfile(os.path.join(spec, RUN_FILE)):
         from .train import load_run
 
         model, tokenizer, _ = load_run(spec)
-        return model, tokenizer, os.path.basename(os.path.normpath(spec))
-    import jaxllm
+        return model, tokenizer, name
+    from .pretrained import load_pretrained
 
-    try:
-        loader = jaxllm.load_pretrained
-    except AttributeError:
-        raise ValueError(f"--model must be a run folder (written by `jaxllm train`); "
-                         f"{spec!r} is not a folder") from None
-    loaded = loader(spec)
-    return loaded[0], loaded[1], spec
+    loaded = load_pretrained(spec)
+    return loaded.model, loaded.tokenizer, name
 
 
 # -- request parsing -------------------------------------------------------------------------
