@@ -471,7 +471,10 @@ def _serve(args: argparse.Namespace) -> int:
                          f"key (--api-key or {API_KEY_ENV}) or use 127.0.0.1")
     if args.port > 65535:
         raise UsageError(f"--port must be at most 65535, got {args.port}")
-    model, tokenizer, name = load_model(args.model)
+    try:
+        model, tokenizer, name = load_model(args.model)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--model {args.model!r}: {e}") from None
     print(f"{PROG}: serving {name!r} on http://{args.host}:{args.port} (OpenAI base URL "
           f"http://{args.host}:{args.port}/v1)", file=sys.stderr)
     serve_forever(model, tokenizer, model_name=args.model_name or name, host=args.host,
