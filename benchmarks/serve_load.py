@@ -123,8 +123,7 @@ def main() -> None:
                            max_queue=4 * max(levels))
         try:
             # Compile every batch shape this mode will use before timing.
-            for c in levels:
-                run_load(srv.port, "bench", c, 1, args.tokens)
+            srv.engine.warm_up(args.tokens, srv.engine.buckets())
             for c in levels:
                 r = run_load(srv.port, "bench", c, max(1, args.requests // c), args.tokens)
                 rows.append((mode, c, r))

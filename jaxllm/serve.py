@@ -179,8 +179,8 @@ class _Row:
 class Engine:
     """The model, its tokenizer and the worker thread that decodes batches of jobs.
 
-    ``max_batch`` rows decode together (batches are padded to 1, 4, 16, ... rows so that few
-    programs are compiled); ``max_queue`` rows may wait or run before :meth:`submit` raises
+    ``max_batch`` rows decode together (batches are padded to 1, 4, 16, ... or ``max_batch``
+    rows, so that few programs are compiled); ``max_queue`` rows may wait or run before :meth:`submit` raises
     :class:`Overloaded`.
     """
 
@@ -235,15 +235,27 @@ class Engine:
             self._cv.notify_all()
         self._thread.join(timeout=30)
 
-    def warm_up(self, max_tokens: int = 4) -> None:
-        """Compile the programs of a one-row batch now rather than on the first request."""
-        done = threading.Event()
-        job = Job(prompt=chat.encode_chat(self.tokenizer, [{"role": "user", "content": "hi"}],
-                                          add_generation_prompt=True).ids,
-                  max_tokens=max_tokens, temperature=0.0,
-                  emit=lambda e: done.set() if e[0] == "done" else None)
-        self.submit([job])
-        done.wait(timeout=600)
+    def buckets(self) -> list[int]:
+        """The batch sizes programs are compiled for: 1, 4, 16, ... and ``max_batch``."""
+        sizes, b = [], 1
+        while b < self.max_batch:
+            sizes.append(b)
+            b *= 4
+        return [*sizes, self.max_batch]
+
+    def warm_up(self, max_tokens: int = 4, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Compile the programs of these batch sizes now rather than on the first requests
+        (for prompts of up to 16 tokens and replies that fit in 128 cache slots with them)."""
+        prompt = chat.encode_chat(self.tokenizer, [{"role": "user", "content": "hi"}],
+                                  add_generation_prompt=True).ids
+        for n in batch_sizes:
+            done = threading.Semaphore(0)
+            jobs = [Job(prompt=prompt, max_tokens=max_tokens, temperature=0.0, index=i,
+                        emit=lambda e: done.release() if e[0] != "delta" else None)
+                    for i in range(min(n, self.max_batch))]
+            self.submit(jobs)
+            for _ in jobs:
+                done.acquire(timeout=600)
 
     # worker -------------------------------------------------------------------------------------
     def _release(self, job: Job) -> None:
@@ -278,9 +290,7 @@ class Engine:
                      Constraint(self.tokenizer, j.grammar) if j.grammar else None)
                 for j in jobs]
         n = len(jobs)
-        padded = 1
-        while padded < n:
-            padded *= 4
+        padded = next(b for b in self.buckets() if b >= n)
         stepper = Stepper(self.model, [j.prompt for j in jobs], max(j.max_tokens for j in jobs),
                           temperature=[j.temperature for j in jobs],
                           top_k=[j.top_k for j in jobs], top_p=[j.top_p for j in jobs],
