@@ -408,7 +408,8 @@ class Stepper:
         self._seeds = jnp.asarray([int(s) % (2**31) for s in seeds] + pad, jnp.int32)
         self._state = _prefill(self._graphdef, self._params, jnp.asarray(tokens),
                                jnp.asarray(valid), cache_len=S)
-        self._all = np.full((B, (cfg.vocab_size + 31) // 32), -1, np.int32)
+        # Unconstrained steps reuse one all-allowed mask already on the device.
+        self._all = jnp.full((B, (cfg.vocab_size + 31) // 32), -1, jnp.int32)
 
     def step(self, active: Sequence[bool], bitmask: np.ndarray | None = None) -> np.ndarray:
         """Sample one token for each row (``0`` for inactive rows) and advance the cache.
@@ -417,8 +418,8 @@ class Stepper:
             raise ValueError(f"Stepper: all max_new_tokens={self.max_new_tokens} steps taken")
         flags = np.zeros(self.batch_size, bool)
         flags[: len(active)] = active
-        mask = self._all if bitmask is None else bitmask
-        tok, self._state = _step(self._graphdef, self._params, self._state, jnp.asarray(mask),
+        mask = self._all if bitmask is None else jnp.asarray(bitmask)
+        tok, self._state = _step(self._graphdef, self._params, self._state, mask,
                                  jnp.asarray(flags), self._seeds, jnp.int32(self.t),
                                  self._temperature, self._top_k, self._top_p)
         self.t += 1
