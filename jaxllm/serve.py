@@ -180,8 +180,8 @@ class Engine:
     """The model, its tokenizer and the worker thread that decodes batches of jobs.
 
     ``max_batch`` rows decode together (batches are padded to 1, 4, 16, ... or ``max_batch``
-    rows, so that few programs are compiled); ``max_queue`` rows may wait or run before :meth:`submit` raises
-    :class:`Overloaded`.
+    rows, so that few programs are compiled); ``max_queue`` rows may wait or run before
+    :meth:`submit` raises :class:`Overloaded`.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 16,
@@ -250,8 +250,13 @@ class Engine:
                                   add_generation_prompt=True).ids
         for n in batch_sizes:
             done = threading.Semaphore(0)
+
+            def emit(event: tuple, done: threading.Semaphore = done) -> None:
+                if event[0] != "delta":
+                    done.release()
+
             jobs = [Job(prompt=prompt, max_tokens=max_tokens, temperature=0.0, index=i,
-                        emit=lambda e: done.release() if e[0] != "delta" else None)
+                        emit=emit)
                     for i in range(min(n, self.max_batch))]
             self.submit(jobs)
             for _ in jobs:
