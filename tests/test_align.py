@@ -320,14 +320,20 @@ def test_dpo_learns_the_preferences(tok, policy):
 @pytest.mark.integration  # trains a model: a few seconds
 def test_judge_learns_a_principle_and_labels_pairs_like_the_labeller(tok, reward_model):
     constitution = [align.Principle("Be kind.", lambda p, r: polite(p, r) > 0)]
-    cands = [[g, b] for g, b in zip(GOOD[:4], BAD[:4], strict=False)]
-    train = align.judge_examples(constitution, QUESTIONS[:4], cands)
-    assert sum(e.label for e in train) == len(train) // 2
-    judge = align.train_judge(reward_model, tok, train, steps=60,
-                              batch_size=8, learning_rate=3e-3).model
+    train = align.judge_examples(constitution, QUESTIONS[:6], [GOOD[:4] + BAD[:4]] * 6)
+    assert len(train) == 48 and sum(e.label for e in train) == 24
+
+    def kind_vs_unkind(questions):  # the pairs a yes/no principle can decide
+        prompts = [q for q in questions for _ in range(4)]
+        cands = [[g, b] for _ in questions for g, b in zip(GOOD[:4], BAD[3::-1], strict=True)]
+        return align.label_pairs(prompts, cands, polite)
+
+    seen, unseen = kind_vs_unkind(QUESTIONS[:6]), kind_vs_unkind(QUESTIONS[6:])
+    untrained = align.judge_labeller(reward_model, tok, constitution)
+    assert align.agreement(untrained, seen) == 0.5  # a zero head: every pair a tie
+    judge = align.train_judge(reward_model, tok, train, steps=150, batch_size=16,
+                              learning_rate=3e-3).model
     labeller = align.judge_labeller(judge, tok, constitution)
-    # unseen prompts, and good and bad responses in pairings never seen together
-    cands = [[g, b] for g, b in zip(GOOD[:4], BAD[3::-1], strict=True)]
-    held_out = align.label_pairs(QUESTIONS[4:], cands, polite, pairs_per_prompt=2)
-    assert len(held_out) == 8
-    assert align.agreement(labeller, held_out) == 1.0
+    assert align.agreement(labeller, seen) == 1.0
+    # prompts it never saw: a one-layer judge trained on 48 labels still mostly agrees
+    assert align.agreement(labeller, unseen) >= 0.75
