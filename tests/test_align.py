@@ -172,6 +172,13 @@ def test_bad_inputs_raise_clear_errors(tok, policy, reward_model):
 
 # -- the reward model ------------------------------------------------------------------------------
 
+def test_gpt_returns_the_hidden_states_its_logits_are_read_from(policy):
+    x = np.arange(12, dtype=np.int32).reshape(2, 6)
+    logits, extras = nnx.jit(lambda m, x: m(x, return_hidden=True))(policy, x)
+    assert extras["hidden"].shape == (2, 6, policy.cfg.d_model)
+    np.testing.assert_allclose(policy.wte.attend(extras["hidden"]), logits, atol=1e-5)
+
+
 def test_reward_model_reads_the_last_real_token_and_starts_at_zero(tok, reward_model):
     pairs = _pairs(QUESTIONS[:2], GOOD[:2], BAD[:2])
     ex = align.pair_examples(tok, pairs, 48)
