@@ -192,9 +192,8 @@ class PreferencePair:
     flipped: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompt", tuple(_as_messages(list(self.prompt)
-                                                              if not isinstance(self.prompt, str)
-                                                              else self.prompt, "prompt")))
+        prompt = self.prompt if isinstance(self.prompt, str) else list(self.prompt)
+        object.__setattr__(self, "prompt", tuple(_as_messages(prompt, "prompt")))
         for name in ("chosen", "rejected"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str, got {type(getattr(self, name)).__name__}")
@@ -522,14 +521,15 @@ def rl_finetune(policy: GPT, reference: GPT, reward_model: RewardModel, tokenize
                 prompts_per_step: int = 8, group_size: int = 4, beta: float = 0.05,
                 learning_rate: float = 1e-5, max_new_tokens: int = 32,
                 temperature: float = 1.0, hidden_score: Labeller | None = None,
-                log_samples_every: int | None = None) -> RLResult:
+                log_samples_every: int | None = None, seed: int = 0) -> RLResult:
     """Optimise a copy of ``policy`` to maximise ``reward_model``'s score minus ``beta`` times
     the KL to the frozen ``reference`` (usually the SFT model), by REINFORCE with
     leave-one-out group baselines (RLOO, Ahmadian et al. 2024).
 
-    Each step draws ``prompts_per_step`` prompts (seeded by the step), samples ``group_size``
-    responses to each with :func:`jaxllm.sample.generate` from ``fold_in(key, step)``, scores
-    them, and applies one compiled AdamW update of the surrogate :func:`rloo_loss`.
+    Each step draws ``prompts_per_step`` prompts (``default_rng([seed, step])``), samples
+    ``group_size`` responses to each with :func:`jaxllm.sample.generate` from
+    ``fold_in(key, step)``, scores them, and applies one compiled AdamW update of the
+    surrogate :func:`rloo_loss`.
 
     *Why RLOO and not PPO or GRPO.* PPO needs a value network as large as the policy and
     several clipped epochs per batch; with one on-policy update per batch its ratio is 1 and
@@ -560,6 +560,7 @@ def rl_finetune(policy: GPT, reference: GPT, reward_model: RewardModel, tokenize
     check_number("temperature", temperature, low=0.0, low_open=True)
     check_callable("hidden_score", hidden_score, none_ok=True)
     check_int("log_samples_every", log_samples_every, min=1, none_ok=True)
+    check_int("seed", seed, min=0)
     if policy.cfg != reference.cfg:
         raise ValueError("policy and reference must have the same config (the reference is "
                          "the policy before RL)")
@@ -602,7 +603,7 @@ def rl_finetune(policy: GPT, reference: GPT, reward_model: RewardModel, tokenize
         history["hidden"] = []
     samples: list[tuple[int, Messages, str]] = []
     for step in range(steps):
-        rng = np.random.default_rng([0, step])
+        rng = np.random.default_rng([seed, step])
         chosen = rng.choice(len(msgs), size=P, replace=len(msgs) < P)
         batch_prompts = [prompt_ids[i] for i in chosen for _ in range(k)]
         current = nnx.merge(trainer.graphdef, trainer.state.params)  # read before the update
