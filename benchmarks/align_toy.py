@@ -46,7 +46,7 @@ def hidden_labeller(prompt, response: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rl-steps", type=int, default=40)
+    parser.add_argument("--rl-steps", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -57,13 +57,13 @@ def main() -> None:
     base = nnx.jit(lambda: GPT(cfg, rngs=nnx.Rngs(params=args.seed)))()
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
              for q in REQUESTS for a in KIND + RUDE]
-    sft = align.sft(base, tok, convs, steps=150, batch_size=32, learning_rate=3e-3,
+    sft = align.sft(base, tok, convs, steps=300, batch_size=32, learning_rate=3e-3,
                     seed=args.seed).model
     t_sft = time.perf_counter()
     key = jax.random.key(args.seed)
     pairs = align.preference_pairs(sft, tok, REQUESTS, hidden_labeller,
-                                   key=jax.random.fold_in(key, 1), samples=8,
-                                   pairs_per_prompt=8, noise=0.1, max_new_tokens=8,
+                                   key=jax.random.fold_in(key, 1), samples=16,
+                                   pairs_per_prompt=16, noise=0.1, max_new_tokens=8,
                                    seed=args.seed)
     rm = align.train_reward_model(align.RewardModel.from_policy(sft), tok, pairs, steps=100,
                                   batch_size=16, learning_rate=1e-3, seed=args.seed).model

@@ -22,7 +22,9 @@ The pieces, in the order of the textbook's pipeline:
   (:func:`jaxllm.losses.pairwise_reward_loss`); :func:`pairwise_accuracy`.
 * **RL** — :func:`rl_finetune`: REINFORCE with a leave-one-out (RLOO) group baseline, the reward
   being the reward model's score minus ``beta`` times the sampled KL to a frozen reference;
-  it records reward, KL and an optional hidden score per step.
+  it records reward, KL and an optional hidden score per step. :func:`sampled_kl` measures any
+  model's KL to a reference from its samples, :func:`win_rate` compares two models' replies
+  by a labeller.
 * **DPO** — :func:`dpo`: the same pairs, no reward model (reference log-probabilities computed
   once, prompt and padding masked out).
 * **AI feedback** — :func:`judge_examples`, :func:`train_judge`, :func:`judge_labeller`: a
@@ -66,8 +68,8 @@ __all__ = [
     "agreement", "dpo", "dpo_batches", "judge_examples", "judge_labeller", "judge_loss",
     "label_pairs", "pair_examples", "pairwise_accuracy", "preference_pairs",
     "reference_logprobs", "reward_loss", "reward_scores", "rl_finetune", "rloo_advantages",
-    "rloo_loss", "sample_responses", "sft", "sft_batches", "sft_examples", "train_judge",
-    "train_reward_model",
+    "rloo_loss", "sample_responses", "sampled_kl", "sft", "sft_batches", "sft_examples",
+    "train_judge", "train_reward_model", "win_rate",
 ]
 
 Messages = list[dict[str, str]]
@@ -516,6 +518,81 @@ def _token_logps(model: GPT, seqs: jax.Array) -> jax.Array:
     return token_logprobs(model(seqs[:, :-1]), seqs[:, 1:])
 
 
+def _rollout(policy: GPT, tokenizer: Any, prompt_ids: list[list[int]], max_new_tokens: int,
+             length: int, key: jax.Array, temperature: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Sample one reply per prompt; return the sequences (prompt, reply, ``<|end|>`` if it
+    ended, zeros) as int32 ``[B, length]``, their real tokens ``[B, length]``, the mask of the
+    targets ``seqs[:, 1:]`` that are reply tokens ``[B, length - 1]``, and the replies' text."""
+    stop = end_id(tokenizer)
+    new = generate(policy, prompt_ids, max_new_tokens, temperature=temperature,
+                   stop_token=stop, key=key)
+    B = len(prompt_ids)
+    seqs = np.zeros((B, length), np.int32)
+    valid = np.zeros((B, length), bool)
+    mask = np.zeros((B, length - 1), bool)
+    texts = []
+    for i, (p, r) in enumerate(zip(prompt_ids, new, strict=True)):
+        r = r + [stop] if len(r) < max_new_tokens else r  # generate cuts the stop token off
+        seqs[i, :len(p) + len(r)] = p + r
+        valid[i, :len(p) + len(r)] = True
+        mask[i, len(p) - 1:len(p) + len(r) - 1] = True
+        texts.append(decode_reply(tokenizer, r)[0])
+    return seqs, valid, mask, texts
+
+
+@partial(jax.jit, static_argnums=(0, 2))
+def _two_logps(graph_a: nnx.GraphDef, params_a: nnx.State, graph_b: nnx.GraphDef,
+               params_b: nnx.State, seqs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return (_token_logps(nnx.merge(graph_a, params_a), seqs),
+            _token_logps(nnx.merge(graph_b, params_b), seqs))
+
+
+def sampled_kl(policy: GPT, reference: GPT, tokenizer: Any, prompts: Sequence[Any], *,
+               key: jax.Array, samples: int = 4, max_new_tokens: int = 32,
+               temperature: float = 1.0) -> tuple[float, float]:
+    """How far ``policy`` has moved from ``reference`` on ``prompts``: the per-token and the
+    per-reply estimates of KL(policy || reference), from ``samples`` replies per prompt drawn
+    from the policy with ``key`` (the mean of ``log pi - log ref`` over the reply tokens, and
+    its sum per reply averaged over replies). Any method's result (RL, DPO, SFT) can be put
+    beside the others with it."""
+    _check_model("policy", policy)
+    _check_model("reference", reference)
+    n = check_int("samples", samples, min=1)
+    N = check_int("max_new_tokens", max_new_tokens, min=1)
+    msgs = [_as_messages(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+    if not msgs:
+        raise ValueError("prompts must be a non-empty list")
+    ids = [encode_chat(tokenizer, m, add_generation_prompt=True).ids for m in msgs]
+    S = max(len(p) for p in ids) + N
+    if S > min(policy.cfg.context_length, reference.cfg.context_length):
+        raise ValueError(f"the longest prompt plus max_new_tokens={N} must fit in the context "
+                         f"length, got {S} tokens")
+    seqs, _, mask, _ = _rollout(policy, tokenizer, [p for p in ids for _ in range(n)], N, S,
+                                key, temperature)
+    ga, pa = nnx.split(policy)
+    gb, pb = nnx.split(reference)
+    lp, lr = (np.asarray(x) for x in _two_logps(ga, pa, gb, pb, seqs))
+    ratio = np.where(mask, lp - lr, 0.0)
+    return float(ratio.sum() / max(mask.sum(), 1)), float(ratio.sum(axis=1).mean())
+
+
+def win_rate(labeller: Labeller, prompts: Sequence[Any], responses: Sequence[str],
+             baseline: Sequence[str]) -> float:
+    """How often ``labeller`` scores ``responses[i]`` above ``baseline[i]`` (the same prompt
+    answered by another model), ties counting one half: the chapter's "win rate against SFT"."""
+    check_callable("labeller", labeller)
+    if not (len(prompts) == len(responses) == len(baseline)) or not prompts:
+        raise ValueError("prompts, responses and baseline must be non-empty lists of the same "
+                         f"length, got {len(prompts)}, {len(responses)} and {len(baseline)}")
+    wins = []
+    for i, (p, a, b) in enumerate(zip(prompts, responses, baseline, strict=True)):
+        msgs = _as_messages(p, f"prompts[{i}]")
+        sa, sb = float(labeller(msgs, a)), float(labeller(msgs, b))
+        wins.append(1.0 if sa > sb else 0.5 if sa == sb else 0.0)
+    return float(np.mean(wins))
+
+
 def rl_finetune(policy: GPT, reference: GPT, reward_model: RewardModel, tokenizer: Any,
                 prompts: Sequence[Any], *, key: jax.Array, steps: int = 100,
                 prompts_per_step: int = 8, group_size: int = 4, beta: float = 0.05,
@@ -568,7 +645,6 @@ def rl_finetune(policy: GPT, reference: GPT, reward_model: RewardModel, tokenize
     if not msgs:
         raise ValueError("prompts must be a non-empty list")
     prompt_ids = [encode_chat(tokenizer, m, add_generation_prompt=True).ids for m in msgs]
-    stop = end_id(tokenizer)
     ctx = policy.cfg.context_length
     longest = max(len(p) for p in prompt_ids)
     if longest + N > min(ctx, reward_model.cfg.context_length):
@@ -607,18 +683,8 @@ def rl_finetune(policy: GPT, reference: GPT, reward_model: RewardModel, tokenize
         chosen = rng.choice(len(msgs), size=P, replace=len(msgs) < P)
         batch_prompts = [prompt_ids[i] for i in chosen for _ in range(k)]
         current = nnx.merge(trainer.graphdef, trainer.state.params)  # read before the update
-        new = generate(current, batch_prompts, N, temperature=temperature, stop_token=stop,
-                       key=jax.random.fold_in(key, step))
-        seqs = np.zeros((P * k, S), np.int32)
-        valid = np.zeros((P * k, S), bool)
-        mask = np.zeros((P * k, S - 1), bool)  # true where the target is a response token
-        texts = []
-        for i, (p, r) in enumerate(zip(batch_prompts, new, strict=True)):
-            r = r + [stop] if len(r) < N else r  # generate cuts the stop token off
-            seqs[i, :len(p) + len(r)] = p + r
-            valid[i, :len(p) + len(r)] = True
-            mask[i, len(p) - 1:len(p) + len(r) - 1] = True
-            texts.append(decode_reply(tokenizer, r)[0])
+        seqs, valid, mask, texts = _rollout(current, tokenizer, batch_prompts, N, S,
+                                            jax.random.fold_in(key, step), temperature)
         ref_logps, scores = score(ref_params, rm_params, seqs, valid)
         metrics = trainer.train_step({"seqs": seqs, "ref_logps": ref_logps, "mask": mask,
                                       "scores": scores})

@@ -281,6 +281,26 @@ def test_rl_finetune_runs_records_history_and_is_deterministic(tok, policy, rewa
     assert a.history == b.history
 
 
+def test_sampled_kl_is_zero_against_itself_and_positive_for_another_policy(tok, policy):
+    key = jax.random.key(7)
+    assert align.sampled_kl(policy, policy, tok, QUESTIONS[:2], key=key, samples=2,
+                            max_new_tokens=6) == (0.0, 0.0)
+    other = nnx.clone(policy)
+    other.wte.embedding[...] = other.wte.embedding[...] * 5.0  # sharper, different logits
+    per_token, per_reply = align.sampled_kl(other, policy, tok, QUESTIONS[:2], key=key,
+                                            samples=8, max_new_tokens=6)
+    assert per_token > 0.01 and per_reply > per_token
+
+
+def test_win_rate_by_hand():
+    prompts = ["a", "b", "c", "d"]
+    got = align.win_rate(polite, prompts, ["gladly", "no", "thank you", "never"],
+                         ["no", "gladly", "go away", "no"])
+    assert got == (1 + 0 + 1 + 0.5) / 4
+    with pytest.raises(ValueError, match="same length"):
+        align.win_rate(polite, prompts, ["x"], ["y"])
+
+
 # -- DPO -------------------------------------------------------------------------------------------
 
 def test_dpo_masks_prompt_and_padding_and_starts_at_ln2(tok, policy):
