@@ -1,4 +1,5 @@
-"""Command line: ``jaxllm train``, ``jaxllm sample``, ``jaxllm eval``, ``jaxllm info``.
+"""Command line: ``jaxllm train``, ``jaxllm sample``, ``jaxllm eval``, ``jaxllm info``,
+``jaxllm serve``.
 
 Bad flags or values end the program with one line on standard error and exit status 2
 (no traceback); an interrupted training run can be continued with ``--resume``.
@@ -143,6 +144,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "counts (computed with jax.eval_shape; nothing is allocated).")
     i.add_argument("run_dir", nargs="?", help="a folder written by `jaxllm train`")
     i.add_argument("--preset", choices=list(PRESETS), help="show only this preset")
+
+    v = sub.add_parser("serve", help="serve a model over the OpenAI and Anthropic HTTP APIs",
+                       description="Serve a run folder (or a shipped model) at "
+                       "/v1/chat/completions (OpenAI) and /v1/messages (Anthropic), with "
+                       "streaming and JSON-schema structured output. Point the official "
+                       "clients at it: OpenAI(base_url='http://HOST:PORT/v1', api_key=KEY), "
+                       "Anthropic(base_url='http://HOST:PORT', api_key=KEY).")
+    v.add_argument("--model", required=True, metavar="DIR_OR_NAME",
+                   help="a folder written by `jaxllm train`, or a shipped model's name")
+    v.add_argument("--port", type=_nonneg_int, default=8000, help="default: %(default)s")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; any "
+                   "other address needs an API key)")
+    v.add_argument("--api-key", help="the key clients must send (default: the "
+                   "JAXLLM_API_KEY environment variable; none on 127.0.0.1 if unset)")
+    v.add_argument("--model-name", help="the model id clients ask for (default: the run "
+                   "folder's name or the shipped model's name)")
+    v.add_argument("--max-batch", type=_positive_int, default=16,
+                   help="requests decoded together (default: %(default)s)")
+    v.add_argument("--max-queue", type=_positive_int, default=64,
+                   help="requests queued or running before new ones get 429 (default: "
+                   "%(default)s)")
     return parser
 
 
@@ -439,6 +462,27 @@ def _run_info(run_dir: str) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import API_KEY_ENV, is_loopback, load_model, serve_forever
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(args.host) and not api_key:
+        raise UsageError(f"--host {args.host} is reachable from other machines; give an API "
+                         f"key (--api-key or {API_KEY_ENV}) or use 127.0.0.1")
+    if args.port > 65535:
+        raise UsageError(f"--port must be at most 65535, got {args.port}")
+    try:
+        model, tokenizer, name = load_model(args.model)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--model {args.model!r}: {e}") from None
+    print(f"{PROG}: serving {name!r} on http://{args.host}:{args.port} (OpenAI base URL "
+          f"http://{args.host}:{args.port}/v1)", file=sys.stderr)
+    serve_forever(model, tokenizer, model_name=args.model_name or name, host=args.host,
+                  port=args.port, api_key=api_key, max_batch=args.max_batch,
+                  max_queue=args.max_queue)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -452,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return {"train": _train, "sample": _sample, "eval": _eval,
-                "info": _info}[args.command](args)
+                "info": _info, "serve": _serve}[args.command](args)
     except UsageError as e:
         print(str(e) if str(e).startswith(PROG) else f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -51,6 +51,10 @@ def test_help_on_every_command(command):
         (["eval", "/nonexistent/run", "--text", "README.md"], "run_dir"),
         (["eval", "."], "--text"),
         (["info", "/nonexistent/run"], "run_dir"),
+        (["serve"], "--model"),
+        (["serve", "--model", "/nonexistent/run"], "--model"),
+        (["serve", "--model", "x", "--host", "0.0.0.0"], "--host"),
+        (["serve", "--model", "x", "--port", "70000"], "--port"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(args, needle):

@@ -71,6 +71,20 @@ QUESTIONS = [f"q{i}" for i in range(1, 8)]
 BANNED = {"q1": "tokenizer", "q2": "sample", "q3": "model", "q4": "sample", "q5": "model",
           "q6": "sample", "q7": "tokenizer"}
 
+# The preferences lab (11.4): every reference implementation is in jaxllm.losses.
+PREF = "preferences"
+PREF_QUESTIONS = ["q1", "q2", "q3"]
+PREF_BANNED = dict.fromkeys(PREF_QUESTIONS, "losses")
+
+# The counting-parameters lab (11.1): parameter counts and 6ND against jaxllm.model, perplexity
+# and bits per character against jaxllm.train.
+LAB2 = "counting-parameters"
+QUESTIONS2 = ["q1", "q2", "q3", "q4"]
+BANNED2 = {"q1": "model", "q2": "model", "q3": "model", "q4": "train"}
+# Each lab's banned modules and questions, for the structure checks run on every lab.
+LAB_QUESTIONS = {LAB: (BANNED, QUESTIONS), "preferences": (PREF_BANNED, PREF_QUESTIONS),
+                 LAB2: (BANNED2, QUESTIONS2)}
+
 # A submission that lets the package do the work (answer cell start -> replacement). q5 is
 # answered honestly, without the q3 functions (whose causal_mask is the package's here).
 DELEGATING = {
@@ -419,7 +433,12 @@ def test_test_functions_do_not_shadow_the_students_functions():
         assert sorted(rebound) == sorted(checks), f"{function.name} rebinds {rebound}"
 
 
-def _check_own_code_first(lab: str, banned: dict[str, str], tests_per_question: int) -> None:
+@pytest.mark.parametrize("lab", list(LAB_QUESTIONS))
+def test_every_test_checks_first_that_the_functions_are_the_students_own(lab):
+    """Each test, public and hidden, starts by passing every function it grades through
+    ``jaxllm.labcheck.own_code`` with the module of the question's reference implementations,
+    so a delegating answer fails all of its question's tests (and only those)."""
+    banned, questions = LAB_QUESTIONS[lab]
     nb = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
     question, seen = None, {}
     for cell in nb.cells:
@@ -436,14 +455,7 @@ def _check_own_code_first(lab: str, banned: dict[str, str], tests_per_question: 
             assert ast.unparse(statement) == f"{param} = labcheck.own_code({param}, {module})", (
                 function.name)
         seen[question] = seen.get(question, 0) + 1
-    assert seen == {q: tests_per_question for q in banned}
-
-
-def test_every_test_checks_first_that_the_functions_are_the_students_own():
-    """Each test, public and hidden, starts by passing every function it grades through
-    ``jaxllm.labcheck.own_code`` with the module of the question's reference implementations,
-    so a delegating answer fails all of its question's tests (and only those)."""
-    _check_own_code_first(LAB, BANNED, 4)
+    assert seen == {q: 4 for q in questions}
 
 
 def test_the_grader_recognises_the_checks_message():
@@ -458,10 +470,12 @@ def test_the_grader_recognises_the_checks_message():
     assert grade_labs._delegation(None) == ""
 
 
-def test_student_notebook_has_no_solutions_and_no_hidden_tests():
-    student_text = (LABS / f"{LAB}.ipynb").read_text(encoding="utf-8")
+@pytest.mark.parametrize("lab", list(LAB_QUESTIONS))
+def test_student_notebook_has_no_solutions_and_no_hidden_tests(lab):
+    questions = LAB_QUESTIONS[lab][1]
+    student_text = (LABS / f"{lab}.ipynb").read_text(encoding="utf-8")
     student = nbformat.reads(student_text, as_version=4)
-    source = nbformat.read(LABS / "src" / f"{LAB}.ipynb", as_version=4)
+    source = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
     # Lines that appear only between BEGIN/END SOLUTION markers of the source.
     elsewhere = set()
     solution_lines = set()
@@ -478,18 +492,18 @@ def test_student_notebook_has_no_solutions_and_no_hidden_tests():
             else:
                 elsewhere.add(stripped)
     unique = {line for line in solution_lines - elsewhere if len(line) >= 12}
-    assert len(unique) >= 10  # the search below has something to find
+    assert len(unique) >= 8  # the search below has something to find
     student_lines = {line.strip() for c in student.cells for line in c.source.splitlines()}
     assert not unique & student_lines
     for line in unique:
         assert json.dumps(line)[1:-1] not in student_text, line
     # Answer cells are there, with the prompts (...) instead of the code.
     answers = [c for c in student.cells if ANSWER_TAG in c.metadata.get("tags", [])]
-    assert len(answers) == len(QUESTIONS) and all("    ..." in c.source for c in answers)
+    assert len(answers) == len(questions) and all("    ..." in c.source for c in answers)
     assert not any(SOLUTION_CELL_TAG in c.metadata.get("tags", []) for c in student.cells)
     # Tests: the public ones are in the metadata, the hidden ones nowhere.
     public, hidden = [], []
-    for cell in _source_cells("tests"):
+    for cell in _source_cells("tests", lab):
         (hidden if _test_config(cell)["hidden"] else public).append(_test_function(cell))
     assert public and hidden
     tests_text = "\n".join(student.metadata["otter"]["tests"].values())
@@ -802,12 +816,142 @@ def test_student_flow_solved_notebook_passes_public_tests(student_runs):
 
 
 # ---------------------------------------------------------------------------------------------
+# The preferences lab: generated, graded, and only the student's own code scores
+
+# Answer cells of the preferences lab that delegate to jaxllm.losses: an import, a def wrapper
+# that keeps an honest helper beside it, and a lambda.
+PREF_DELEGATING = {
+    "def preference_probability": '''
+from jaxllm.losses import pairwise_reward_loss
+
+
+def preference_probability(chosen, rejected):
+    d = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -d))
+
+
+def bradley_terry_loss(chosen, rejected):
+    return float(pairwise_reward_loss(np.asarray(chosen), np.asarray(rejected)))
+''',
+    "def sequence_logprob": '''
+import jaxllm.losses
+
+
+def sequence_logprob(token_logps, mask):
+    return np.where(np.asarray(mask, bool), np.asarray(token_logps, np.float64), 0.0).sum(-1)
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+             chosen_mask, rejected_mask, beta):
+    seqs = [sequence_logprob(x, m) for x, m in [(policy_chosen, chosen_mask),
+            (policy_rejected, rejected_mask), (reference_chosen, chosen_mask),
+            (reference_rejected, rejected_mask)]]
+    return float(jaxllm.losses.dpo_loss(*seqs, beta))
+''',
+    "def token_kl": '''
+from jaxllm import losses
+
+
+def token_kl(policy_logits, reference_logits):
+    def log_softmax(z):
+        z = np.asarray(z, np.float64)
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    logp, logq = log_softmax(policy_logits), log_softmax(reference_logits)
+    return (np.exp(logp) * (logp - logq)).sum(axis=-1)
+
+
+kl_estimate = lambda lp, ref, mask: float(losses.kl_estimate(lp, ref, mask))  # noqa: E731
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def pref_assigned(tmp_path_factory):
+    return assign_labs.assign_lab(LABS / "src" / f"{PREF}.ipynb",
+                                  tmp_path_factory.mktemp("pref-dist"))
+
+
+def _answers_filled_in(assigned, n_answers) -> nbformat.NotebookNode:
+    student = nbformat.read(assigned.student_notebook, as_version=4)
+    solution = nbformat.read(assigned.solution_notebook, as_version=4)
+    filled = copy.deepcopy(student)
+    answers = 0
+    for cell, solved in zip(filled.cells, solution.cells, strict=True):
+        if ANSWER_TAG in cell.metadata.get("tags", []):
+            cell.source = solved.source
+            answers += 1
+    assert answers == n_answers
+    return filled
+
+
+@pytest.fixture(scope="module")
+def pref_graded(pref_assigned, tmp_path_factory):
+    """Grade the preferences lab: its solution, the blank notebook and a delegating one."""
+    folder = tmp_path_factory.mktemp("pref-submissions")
+    filled = _answers_filled_in(pref_assigned, len(PREF_QUESTIONS))
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(pref_assigned.student_notebook, folder / "blank.ipynb")
+    delegating = filled
+    for start, source in PREF_DELEGATING.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
+    rows, text = _grade_cli(folder, pref_assigned.autograder_zip, folder / "grades.csv",
+                            "--timeout", "300", "--jobs", "2")
+    print(f"\n{text}")
+    return rows
+
+
+def test_preferences_regenerating_changes_nothing_committed(pref_assigned):
+    committed = LABS / f"{PREF}.ipynb"
+    assert committed.read_bytes() == pref_assigned.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+
+
+def test_preferences_questions_have_public_and_hidden_tests(pref_assigned):
+    _, questions = grade_labs.read_questions(pref_assigned.autograder_zip)
+    assert [q.name for q in questions] == PREF_QUESTIONS
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert any(hidden) and not all(hidden), q.name
+        assert q.possible == len(hidden) == 4
+
+
+def _pref_scores(row) -> list[float]:
+    return [float(row[q]) for q in PREF_QUESTIONS]
+
+
+@pytest.mark.slow
+def test_preferences_solution_scores_full_marks(pref_graded):
+    row = pref_graded["solution"]
+    assert _pref_scores(row) == [4, 4, 4] and float(row["total"]) == 12
+    assert row["reason"] == ""
+
+
+@pytest.mark.slow
+def test_preferences_blank_notebook_scores_zero(pref_graded):
+    row = pref_graded["blank"]
+    assert _pref_scores(row) == [0, 0, 0] and float(row["total"]) == 0
+    assert row["reason"].split("; ") == [f"q{i} 0/4: all tests failed" for i in (1, 2, 3)]
+
+
+@pytest.mark.slow
+def test_preferences_delegating_scores_zero_on_those_questions(pref_graded):
+    row = pref_graded["delegating"]
+    assert _pref_scores(row) == [0, 0, 0] and float(row["total"]) == 0
+    reasons = row["reason"].split("; ")
+    assert len(reasons) == 3, reasons
+    for q, reason in zip(PREF_QUESTIONS, reasons, strict=True):
+        assert reason.startswith(f"{q} 0/4: not your own code: "), reason
+    assert "jaxllm.losses.pairwise_reward_loss" in reasons[0], reasons[0]
+    assert "jaxllm.losses" in reasons[1] and "jaxllm.losses" in reasons[2]
+
+
+# ---------------------------------------------------------------------------------------------
 # The second lab, counting-parameters (chapter 11.1): generated, public and hidden tests, and
 # the grading round trip (solution full marks, blank zero, delegation zero on its questions)
 
-LAB2 = "counting-parameters"
-QUESTIONS2 = ["q1", "q2", "q3", "q4"]
-BANNED2 = {"q1": "model", "q2": "model", "q3": "model", "q4": "train"}
 # q3 is answered honestly: there is no package function of 6ND to delegate to.
 DELEGATING2 = {
     "def gpt2_params": '''
@@ -881,7 +1025,6 @@ def test_counting_lab_questions_have_public_and_hidden_tests(assigned2):
     for q in questions:
         hidden = list(q.hidden.values())
         assert any(hidden) and not all(hidden) and q.possible == len(hidden) == 4, q.name
-    _check_own_code_first(LAB2, BANNED2, 4)
 
 
 @pytest.mark.slow
