@@ -76,6 +76,15 @@ PREF = "preferences"
 PREF_QUESTIONS = ["q1", "q2", "q3"]
 PREF_BANNED = dict.fromkeys(PREF_QUESTIONS, "losses")
 
+# The counting-parameters lab (11.1): parameter counts and 6ND against jaxllm.model, perplexity
+# and bits per character against jaxllm.train.
+LAB2 = "counting-parameters"
+QUESTIONS2 = ["q1", "q2", "q3", "q4"]
+BANNED2 = {"q1": "model", "q2": "model", "q3": "model", "q4": "train"}
+# Each lab's banned modules and questions, for the structure checks run on every lab.
+LAB_QUESTIONS = {LAB: (BANNED, QUESTIONS), "preferences": (PREF_BANNED, PREF_QUESTIONS),
+                 LAB2: (BANNED2, QUESTIONS2)}
+
 # A submission that lets the package do the work (answer cell start -> replacement). q5 is
 # answered honestly, without the q3 functions (whose causal_mask is the package's here).
 DELEGATING = {
@@ -424,12 +433,12 @@ def test_test_functions_do_not_shadow_the_students_functions():
         assert sorted(rebound) == sorted(checks), f"{function.name} rebinds {rebound}"
 
 
-@pytest.mark.parametrize("lab", [LAB, "preferences"])
+@pytest.mark.parametrize("lab", list(LAB_QUESTIONS))
 def test_every_test_checks_first_that_the_functions_are_the_students_own(lab):
     """Each test, public and hidden, starts by passing every function it grades through
     ``jaxllm.labcheck.own_code`` with the module of the question's reference implementations,
     so a delegating answer fails all of its question's tests (and only those)."""
-    banned, questions = (BANNED, QUESTIONS) if lab == LAB else (PREF_BANNED, PREF_QUESTIONS)
+    banned, questions = LAB_QUESTIONS[lab]
     nb = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
     question, seen = None, {}
     for cell in nb.cells:
@@ -461,9 +470,9 @@ def test_the_grader_recognises_the_checks_message():
     assert grade_labs._delegation(None) == ""
 
 
-@pytest.mark.parametrize("lab", [LAB, "preferences"])
+@pytest.mark.parametrize("lab", list(LAB_QUESTIONS))
 def test_student_notebook_has_no_solutions_and_no_hidden_tests(lab):
-    questions = QUESTIONS if lab == LAB else PREF_QUESTIONS
+    questions = LAB_QUESTIONS[lab][1]
     student_text = (LABS / f"{lab}.ipynb").read_text(encoding="utf-8")
     student = nbformat.reads(student_text, as_version=4)
     source = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
@@ -937,3 +946,101 @@ def test_preferences_delegating_scores_zero_on_those_questions(pref_graded):
         assert reason.startswith(f"{q} 0/4: not your own code: "), reason
     assert "jaxllm.losses.pairwise_reward_loss" in reasons[0], reasons[0]
     assert "jaxllm.losses" in reasons[1] and "jaxllm.losses" in reasons[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# The second lab, counting-parameters (chapter 11.1): generated, public and hidden tests, and
+# the grading round trip (solution full marks, blank zero, delegation zero on its questions)
+
+# q3 is answered honestly: there is no package function of 6ND to delegate to.
+DELEGATING2 = {
+    "def gpt2_params": '''
+from jaxllm.model import count_params
+
+
+def gpt2_params(vocab_size, context_length, n_layer, d_model):
+    return count_params(ModelConfig(vocab_size=vocab_size, context_length=context_length,
+                                    n_layer=n_layer, n_head=1, d_model=d_model))
+''',
+    "def count_params_by_hand": "from jaxllm.model import count_params as count_params_by_hand",
+    "def perplexity": '''
+from jaxllm.train import TextScore
+
+
+def perplexity(loss):
+    return TextScore(tokens=1, nats=loss, characters=1, bytes=1).perplexity
+
+
+def bits_per_character(loss, n_tokens, n_characters):
+    return TextScore(n_tokens, loss * n_tokens, n_characters, n_characters).bits_per_character
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def assigned2(tmp_path_factory):
+    return assign_labs.assign_lab(LABS / "src" / f"{LAB2}.ipynb",
+                                  tmp_path_factory.mktemp("dist2"))
+
+
+@pytest.fixture(scope="module")
+def graded2(assigned2, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("submissions2")
+    student = nbformat.read(assigned2.student_notebook, as_version=4)
+    solution = nbformat.read(assigned2.solution_notebook, as_version=4)
+    filled = copy.deepcopy(student)
+    for cell, solved in zip(filled.cells, solution.cells, strict=True):
+        if ANSWER_TAG in cell.metadata.get("tags", []):
+            cell.source = solved.source
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(assigned2.student_notebook, folder / "blank.ipynb")
+    delegating = filled
+    for start, source in DELEGATING2.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
+    rows, text = _grade_cli(folder, assigned2.autograder_zip, folder / "grades.csv",
+                            "--timeout", "300", "--max-memory-mb", "2000", "--jobs", "2")
+    print(f"\n{text}")
+    return rows
+
+
+def test_counting_lab_regenerates_unchanged_and_hides_its_solutions(assigned2):
+    committed = LABS / f"{LAB2}.ipynb"
+    assert committed.read_bytes() == assigned2.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+    student_text = committed.read_text(encoding="utf-8")
+    for cell in _source_cells("solution", LAB2):
+        inside = cell.source.split("# BEGIN SOLUTION")[1:]
+        lines = {ln.strip() for part in inside for ln in part.split("# END SOLUTION")[0]
+                 .splitlines() if len(ln.strip()) >= 12}
+        assert lines and not [ln for ln in lines if json.dumps(ln)[1:-1] in student_text]
+    for cell in _source_cells("tests", LAB2):
+        if _test_config(cell)["hidden"]:
+            assert _test_function(cell).name not in student_text
+
+
+def test_counting_lab_questions_have_public_and_hidden_tests(assigned2):
+    _, questions = grade_labs.read_questions(assigned2.autograder_zip)
+    assert [q.name for q in questions] == QUESTIONS2
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert any(hidden) and not all(hidden) and q.possible == len(hidden) == 4, q.name
+
+
+@pytest.mark.slow
+def test_counting_lab_solution_full_marks_blank_zero(graded2):
+    assert [float(graded2["solution"][q]) for q in QUESTIONS2] == [4] * 4
+    assert graded2["solution"]["reason"] == ""
+    blank = graded2["blank"]
+    assert [float(blank[q]) for q in QUESTIONS2] == [0] * 4 and float(blank["total"]) == 0
+    assert blank["reason"].split("; ") == [f"{q} 0/4: all tests failed" for q in QUESTIONS2]
+
+
+@pytest.mark.slow
+def test_counting_lab_delegating_answers_score_zero(graded2):
+    row = graded2["delegating"]
+    assert [float(row[q]) for q in QUESTIONS2] == [0, 0, 4, 0] and float(row["total"]) == 4
+    reasons = row["reason"].split("; ")
+    assert [r.split(" ")[0] for r in reasons] == ["q1", "q2", "q4"], reasons
+    assert all("not your own code:" in r for r in reasons), reasons
+    assert "jaxllm.model.count_params" in reasons[1], reasons[1]
