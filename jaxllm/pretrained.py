@@ -193,6 +193,13 @@ def export_pretrained(source: str | os.PathLike[str] | GPT, dest: str | os.PathL
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_FILE).write_text(card if card.endswith("\n") else card + "\n",
                                      encoding="utf-8")
+        # mkdtemp and atomic writers create private (0700 / 0600) entries; a shipped model is
+        # read by everyone, so give it the modes of an ordinary folder and files (umask applies).
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

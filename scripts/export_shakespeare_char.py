@@ -159,11 +159,6 @@ nonsense.
              "val_loss": round(full.loss, 4), "val_slice_characters": SLICE,
              "val_slice_loss": round(part.loss, 4)}
     path = export_pretrained(args.run_dir, NAME, card=card, extra=extra, overwrite=True)
-    # The folder is written through a private temporary folder (mode 0700, files 0600); the
-    # package's files must be readable by everyone who installs it.
-    path.chmod(0o755)
-    for f in path.iterdir():
-        f.chmod(0o644)
     print(json.dumps(extra, indent=1))
     print(f"wrote {path}")
     return 0

@@ -86,6 +86,10 @@ def test_bad_arguments_are_refused_before_writing(model, tmp_path):
     export_pretrained(model, dest, card="second", tokenizer=TOK, overwrite=True)
     assert load_pretrained(dest).card == "second\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folders left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in dest.iterdir())
 
 
 def test_unknown_name_lists_the_shipped_models(tmp_path):
