@@ -406,8 +406,9 @@ def fit_chinchilla(N: Any, D: Any, L: Any, *, delta: float = 1e-3, n_starts: int
         if f < best_f:
             best_x, best_f = x, f
     a, b, e, alpha, beta = best_x
-    return ChinchillaFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
-                         alpha=float(alpha), beta=float(beta), objective=float(best_f))
+    with np.errstate(over="ignore"):  # a degenerate resample may send A or B to inf
+        return ChinchillaFit(E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)),
+                             alpha=float(alpha), beta=float(beta), objective=float(best_f))
 
 
 def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: Any, *,
