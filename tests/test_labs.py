@@ -1044,3 +1044,109 @@ def test_counting_lab_delegating_answers_score_zero(graded2):
     assert [r.split(" ")[0] for r in reasons] == ["q1", "q2", "q4"], reasons
     assert all("not your own code:" in r for r in reasons), reasons
     assert "jaxllm.model.count_params" in reasons[1], reasons[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The "training and scaling" lab (11.3): the same round trip, on its three questions
+
+
+LAB3 = "training-and-scaling"
+QUESTIONS3 = ["q1", "q2", "q3"]
+ANSWER_VALUES3 = {"k_sweep", "loss_at_1m"}  # numbers the q3 tests read, not functions
+# Delegated answers: q1 imports jaxllm's cross-entropy, q2 is answered honestly, q3 fits with
+# np.polyfit (a library's least squares, which the question asks the student to write).
+DELEGATING3 = {
+    "def cross_entropy": '''
+from jaxllm.losses import cross_entropy as _ce
+
+
+def cross_entropy(logits, targets):
+    return float(_ce(np.asarray(logits), np.asarray(targets)))
+''',
+    "def fit_power_law": '''
+def fit_power_law(n, loss):
+    slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def predict(a, k, n):
+    return a * np.asarray(n, dtype=np.float64) ** (-k)
+
+
+k_sweep = fit_power_law(sizes, losses)[1]
+loss_at_1m = float(predict(*fit_power_law(sizes, losses), 1e6))
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def assigned3(tmp_path_factory):
+    return assign_labs.assign_lab(LABS / "src" / f"{LAB3}.ipynb",
+                                  tmp_path_factory.mktemp("dist3"))
+
+
+def _filled(assigned) -> nbformat.NotebookNode:
+    student = nbformat.read(assigned.student_notebook, as_version=4)
+    solution = nbformat.read(assigned.solution_notebook, as_version=4)
+    filled = copy.deepcopy(student)
+    for cell, solved in zip(filled.cells, solution.cells, strict=True):
+        if ANSWER_TAG in cell.metadata.get("tags", []):
+            cell.source = solved.source
+    return filled
+
+
+@pytest.fixture(scope="module")
+def graded3(assigned3, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("submissions3")
+    filled = _filled(assigned3)
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(assigned3.student_notebook, folder / "blank.ipynb")
+    delegating = filled
+    for start, source in DELEGATING3.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
+    rows, _ = _grade_cli(folder, assigned3.autograder_zip, folder / "grades.csv",
+                         "--timeout", "300", "--jobs", "2")
+    return rows
+
+
+def test_scaling_lab_regenerating_changes_nothing_committed(assigned3):
+    assert (LABS / f"{LAB3}.ipynb").read_bytes() == assigned3.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+
+
+def test_scaling_lab_questions_have_public_and_hidden_tests_that_check_own_code(assigned3):
+    _, questions = grade_labs.read_questions(assigned3.autograder_zip)
+    assert [q.name for q in questions] == QUESTIONS3
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert hidden.count(True) == 2 and hidden.count(False) == 2 and q.possible == 4
+    source = nbformat.read(LABS / "src" / f"{LAB3}.ipynb", as_version=4)
+    tests = [c for c in source.cells if c.cell_type == "code" and "# BEGIN TEST CONFIG" in c.source]
+    assert len(tests) == 12
+    for cell in tests:
+        function = _test_function(cell)
+        body = [ast.unparse(s) for s in function.body]
+        assert body[0] == "from jaxllm import labcheck"
+        assert body[1].startswith("reference_modules = labcheck.modules_of(")
+        functions = [a.arg for a in function.args.args if a.arg not in ANSWER_VALUES3]
+        assert len(body) > len(functions) + 2
+        for param, statement in zip(functions, body[2:], strict=False):
+            assert statement == f"{param} = labcheck.own_code({param}, *reference_modules)"
+    student = (LABS / f"{LAB3}.ipynb").read_text(encoding="utf-8")
+    assert "take_along_axis" not in student and "np.cos(np.pi * progress)" not in student
+    assert "NBVAL_CHECK_OUTPUT" not in student and "test_q1_huge_logits" not in student
+
+
+@pytest.mark.slow
+def test_scaling_lab_solution_full_marks_blank_zero_delegation_zero(graded3):
+    assert [float(graded3["solution"][q]) for q in QUESTIONS3] == [4, 4, 4]
+    assert graded3["solution"]["reason"] == ""
+    blank = graded3["blank"]
+    assert [float(blank[q]) for q in QUESTIONS3] == [0, 0, 0]
+    assert blank["reason"].split("; ") == [f"q{i} 0/4: all tests failed" for i in (1, 2, 3)]
+    row = graded3["delegating"]
+    assert [float(row[q]) for q in QUESTIONS3] == [0, 4, 0], row
+    reasons = row["reason"].split("; ")
+    assert reasons[0].startswith("q1 0/4: not your own code: ") and "jaxllm.losses" in reasons[0]
+    assert reasons[1].startswith("q3 0/4: not your own code: ") and "polyfit" in reasons[1]
