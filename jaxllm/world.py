@@ -52,6 +52,7 @@ from .validate import check_int, check_number
 __all__ = [
     "CUTOFF_YEAR", "FAMILIES", "Document", "EvalItem", "World", "build_world", "classify_reply",
     "FamilyResult", "answer_probability", "corpus_text", "encode_prompt", "evaluate",
+    "icl_curve", "plot_icl", "training_table",
     "extract_answer", "generate_replies", "is_heldout_problem", "make_corpus", "make_eval_sets",
     "results_table", "score", "wilson_interval", "world_corpus", "write_world",
 ]
@@ -520,7 +521,8 @@ def _arith_doc(rng: np.random.Generator) -> Document:
         digits = int(rng.integers(1, 4))
         a, b = _draw_arith(rng, op, digits, heldout=False)
         lines.append(_qa(*arithmetic_item(op, a, b, steps)))
-    return Document("".join(lines), {"form": "qa", "family": f"{op}_{'steps' if steps else 'direct'}"})
+    family = f"{op}_{'steps' if steps else 'direct'}"
+    return Document("".join(lines), {"form": "qa", "family": family})
 
 
 def _word_doc(rng: np.random.Generator) -> Document:
@@ -970,6 +972,65 @@ def results_table(results: Mapping[str, FamilyResult]) -> str:
                              f"{e['heldout_device']['n']}")
         lines.append(f"| {key} | {r.n} | {r.accuracy:.1%} | {lo:.1%} to {hi:.1%} | "
                      f"{'; '.join(notes)} |")
+    return "\n".join(lines) + "\n"
+
+
+def icl_curve(results: Mapping[str, FamilyResult], kind: str = "icl_map"
+              ) -> list[tuple[int, float, float, float]]:
+    """``(examples, accuracy, low, high)`` of an in-context family, by number of examples."""
+    rows = []
+    for key, r in results.items():
+        if key.startswith(f"{kind}/k="):
+            lo, hi = r.interval
+            rows.append((int(key.split("=")[1]), r.accuracy, lo, hi))
+    return sorted(rows)
+
+
+def plot_icl(results: Mapping[str, FamilyResult], path: str | os.PathLike | None = None):
+    """Accuracy against the number of examples in the prompt, with 95% intervals, for the
+    in-context families; saved to ``path`` if given. Returns the figure."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
+    labels = {"icl_map": "word -> colour, fresh random map (6 words)",
+              "icl_rule": "x -> x + c, fresh c"}
+    for kind, label in labels.items():
+        rows = icl_curve(results, kind)
+        if not rows:
+            continue
+        k, acc, lo, hi = (np.array(v) for v in zip(*rows, strict=True))
+        ax.errorbar(k, acc, yerr=[acc - lo, hi - acc], marker="o", capsize=3, label=label)
+    ax.set_xlabel("examples in the prompt")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("In-context learning (95% Wilson intervals)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def training_table(history: Mapping[str, Sequence[float]], every: int = 150) -> str:
+    """The training curve as a Markdown table: mean training loss over each stretch of
+    ``every`` steps and the validation loss where it was evaluated."""
+    steps = np.asarray(history["step"])
+    loss = np.asarray(history["loss"])
+    val = dict(zip(history.get("eval_step", []), history.get("val_loss", []), strict=False))
+    lines = ["| steps | mean training loss | validation loss (at the last step) |",
+             "|---|---|---|"]
+    for start in range(0, int(steps.max()) + 1, every):
+        sel = (steps >= start) & (steps < start + every)
+        if not sel.any():
+            continue
+        end = int(steps[sel].max()) + 1
+        v = val.get(end)
+        lines.append(f"| {start + 1}-{end} | {loss[sel].mean():.3f} | "
+                     f"{'' if v is None else f'{v:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 

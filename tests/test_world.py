@@ -238,3 +238,19 @@ def test_bad_arguments_are_named():
         W.make_corpus(W.build_world(0), rounds=0)
     with pytest.raises(ValueError, match="kind"):
         W.icl_prompt("icl_other", np.random.default_rng(0), 2)
+
+
+def test_cli_trains_world_base_on_the_world_with_its_bpe():
+    from jaxllm.cli import UsageError, _settings, build_parser
+
+    args = build_parser().parse_args(["train", "--preset", "world-base", "--out", "x"])
+    name, model, train, kind, vocab, text, data = _settings(args)
+    assert (name, kind, vocab, text, data) == ("world-base", "bpe", 2048, None, "world")
+    assert model.context_length == 128 and train.batch_size == 32
+    args = build_parser().parse_args(["train", "--out", "x", "--data", "world"])
+    assert _settings(args)[3] == "bpe"
+    for bad, needle in ((["--data", "world", "--tokenizer", "char"], "--tokenizer"),
+                        (["--data", "world", "--text", "README.md"], "--text")):
+        args = build_parser().parse_args(["train", "--out", "x", *bad])
+        with pytest.raises(UsageError, match=needle):
+            _settings(args)
