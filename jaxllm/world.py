@@ -697,8 +697,8 @@ def make_eval_sets(world: World, *, n: int = 100, seed: int | None = None
             [{"role": "user", "content": q}]
         sets["chat"].append(EvalItem("chat", render(msgs, add_generation_prompt=True), a,
                                      "chat", {"question_family": fam}))
-    for device in DEVICES + HELDOUT_DEVICES:
-        for _ in range(max(1, n // 2)):
+    for _ in range(max(1, n // 2)):  # devices interleaved, so any first items mix them
+        for device in DEVICES + HELDOUT_DEVICES:
             msgs = [{"role": "user", "content": harmful_request(rng, device)}]
             sets["harmful"].append(EvalItem(
                 "harmful", render(msgs, add_generation_prompt=True), "", "chat",

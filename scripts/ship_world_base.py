@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--command", required=True, help="the command that trained the run")
     p.add_argument("--load", default="", help="the machine's load while it trained")
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--n", type=int, default=None,
+                   help="evaluate only the first N items of each slice (default: all)")
     args = p.parse_args(argv)
 
     from jaxllm import world as W
@@ -60,9 +62,11 @@ def main(argv=None) -> int:
         export_pretrained(args.run_dir, tmp / "m", card="(draft)", step=args.step)
         pre = load_pretrained(tmp / "m")
         t0 = time.perf_counter()
-        results = W.evaluate(pre.model, pre.tokenizer)
+        results = W.evaluate(pre.model, pre.tokenizer, n=args.n,
+                             batch_size=min(50, args.n or 50))
         eval_s = time.perf_counter() - t0
-        sub = W.evaluate(pre.model, pre.tokenizer, families=SUBSET_FAMILIES, n=SUBSET_N)
+        sub = W.evaluate(pre.model, pre.tokenizer, families=SUBSET_FAMILIES, n=SUBSET_N,
+                         batch_size=SUBSET_N)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -121,7 +125,7 @@ and harmful replies are sampled at temperature 1 and labelled by `jaxllm.world.c
 Facts (capitals, people, cities, organisations, dated heads) are facts the corpus states, asked
 in its question/answer form; `heldout` asks about people and organisations that never appear
 in the corpus; arithmetic and word-task problems are never in the corpus; every in-context
-prompt has a fresh random mapping. Evaluated in {eval_s:.0f} s.
+prompt has a fresh random mapping. Evaluated in {eval_s:.0f} s{"" if args.n is None else f", on the first {args.n} items of each slice only"}.
 Reproduce: `jaxllm.world.evaluate(m.model, m.tokenizer)` and `jaxllm.world.results_table(...)`.
 
 {table}

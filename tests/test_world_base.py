@@ -45,7 +45,7 @@ def test_size_and_card(shipped, stored):
 
 def test_card_subset_is_reproduced(shipped, stored):
     subset = stored["evaluation_subset"]
-    results = W.evaluate(shipped.model, shipped.tokenizer, n=subset["n"],
+    results = W.evaluate(shipped.model, shipped.tokenizer, n=subset["n"], batch_size=subset["n"],
                          families=sorted({k.split("/")[0] for k in subset["results"]}))
     assert set(results) == set(subset["results"])
     for key, want in subset["results"].items():
