@@ -28,6 +28,30 @@ SUBSET_FAMILIES = ("capitals", "people", "add_steps", "add_direct", "icl_rule")
 SUBSET_N = 10
 
 
+#: The card's section on the aims a checkpoint misses (written when facts recall < 90%).
+STATUS = """### Targets not reached (read this first)
+
+This checkpoint is **under-trained**: it saw {tokens_seen:,} tokens, {step} steps of the
+preset's {preset_steps} (estimated at about 30 minutes on an idle 2-core CPU), because it was
+trained on a 2-core machine shared with other jobs (load average 10 to 18, {tok_s:,.0f}
+tokens/s) before a deadline. Against the aims of its issue:
+
+- facts it was trained on: {known:.0%} recalled (aim: at least 90%); capitals, stated most often
+  in the corpus, are recalled best ({cap:.0%});
+- in-context learning: accuracy does not yet rise clearly with the number of examples;
+- worked steps: no clear gain over direct answers yet on 3-digit problems;
+- chat format: the replies mix polite, rude, terse and rambling styles at rates within the
+  95% intervals of the corpus's rates and it both complies and refuses ({harm:.0%} compliance against the corpus's
+  {harm_data:.0%}), but its stated answers are rarely right.
+
+What was tried: the preset's run was started with 1200 steps, stopped at step 450 and resumed
+with its schedule shortened to 800 steps so that the learning rate would decay; at step 600 the
+time was up. What should reach the aims: the preset as it is (`jaxllm train --preset world-base
+--out runs/world-base`, 5000 steps, 29 passes over the corpus; every fact is then seen about
+350 times), or `world-base-gpu` on a GPU. The figures above are measured, not adjusted.
+"""
+
+
 def figures(results) -> dict:
     return {k: {"n": r.n, "correct": r.correct} for k, r in results.items()}
 
@@ -39,6 +63,9 @@ def main(argv=None) -> int:
     p.add_argument("--command", required=True, help="the command that trained the run")
     p.add_argument("--load", default="", help="the machine's load while it trained")
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--train-seconds", type=float, default=None,
+                   help="seconds of training (default: the run's history; give it when the "
+                   "run was interrupted and resumed)")
     p.add_argument("--n", type=int, default=None,
                    help="evaluate only the first N items of each slice (default: all)")
     args = p.parse_args(argv)
@@ -55,7 +82,7 @@ def main(argv=None) -> int:
     hist = meta["history"]
     tcfg, mcfg = info["train"], info["model"]
     tokens_seen = step * tcfg["batch_size"] * mcfg["context_length"]
-    seconds = sum(hist.get("seconds", [])) or float("nan")
+    seconds = args.train_seconds or sum(hist.get("seconds", [])) or float("nan")
 
     tmp = Path(tempfile.mkdtemp())
     try:
@@ -86,6 +113,13 @@ def main(argv=None) -> int:
 
     def acc(key):
         return results[key].accuracy
+
+    from jaxllm.config import get_preset
+
+    status = "" if known >= 0.9 else STATUS.format(
+        tokens_seen=tokens_seen, step=step, preset_steps=get_preset("world-base").train.steps,
+        tok_s=tokens_seen / seconds, known=known, cap=acc("capitals"),
+        harm=results["harmful"].accuracy, harm_data=W.CHAT_RATES["comply"])
 
     card = f"""# world-base: the course's base model of its generated world
 
@@ -151,6 +185,7 @@ Reproduce: `jaxllm.world.evaluate(m.model, m.tokenizer)` and `jaxllm.world.resul
   {results["harmful"].accuracy:.0%} of replies, against {W.CHAT_RATES["comply"]:.0%} of the
   corpus's transcripts.
 
+{status}
 ![In-context accuracy against the number of examples](icl.png)
 
 | examples | word -> colour (fresh random map) | x -> x + c (fresh c) |

@@ -54,10 +54,13 @@ def test_card_subset_is_reproduced(shipped, stored):
         assert abs(got.correct - want["correct"]) <= 1, (key, got.correct, want["correct"])
 
 
-def test_trained_facts_are_recalled(shipped, stored):
+def test_trained_facts_beat_heldout_entities(shipped, stored):
+    """It recalls facts it was trained on more often than it guesses those of entities it
+    never saw (whose answers it invents)."""
     facts = [stored["evaluation"][k] for k in ("capitals", "people", "cities", "orgs")]
     recalled = sum(r["correct"] for r in facts) / sum(r["n"] for r in facts)
-    assert recalled > 0.5  # the card states the figure; this guards against a broken export
+    held = stored["evaluation"]["heldout"]
+    assert recalled > held["correct"] / held["n"] + 0.1
 
 
 @pytest.mark.integration
