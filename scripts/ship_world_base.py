@@ -4,10 +4,11 @@ evaluate the *exported* model on the world's held-out evaluation sets, and write
 card (command, seed, data, steps, tokens seen, training curve, evaluation table per family, the
 in-context learning figure) and the subset figures the test reproduces.
 
-    jaxllm train --preset world-base --out runs/world-base --steps 1200 \\
-        --eval-interval 300 --checkpoint-every 150
-    python scripts/ship_world_base.py runs/world-base --command "jaxllm train ..." \\
-        --load "load average 10 to 14 on 2 cores"
+    jaxllm train --preset world-base --out runs/world-base
+    python scripts/ship_world_base.py runs/world-base \
+        --command "jaxllm train --preset world-base --out runs/world-base" --load "idle"
+
+(The shipped checkpoint was made with a shortened run; its card gives the exact commands.)
 """
 
 from __future__ import annotations
