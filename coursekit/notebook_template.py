@@ -39,7 +39,7 @@ PYPROJECT_PATH = REPO_ROOT / "pyproject.toml"
 CHAPTERS_DIR = REPO_ROOT / "chapters"
 
 # Extras of the package that the chapters need (see [project.optional-dependencies]).
-COLAB_EXTRAS: tuple[str, ...] = ("viz", "tokenizers")
+COLAB_EXTRAS: tuple[str, ...] = ("viz", "tokenizers", "serve")
 
 INSTALL_CELL_FIRST_LINE = (
     "# Colab only: install this course's package `jaxllm` from GitHub; nothing happens elsewhere."

@@ -7,7 +7,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Imported on first use, so that `import jaxllm` stays cheap (no JAX, no safetensors reader).
-_LAZY = {"from_pretrained": "hub", "load_hf_tokenizer": "hub"}
+_LAZY = {"from_pretrained": "hub", "load_hf_tokenizer": "hub", "load_pretrained": "pretrained",
+         "export_pretrained": "pretrained", "list_pretrained": "pretrained"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,5 @@
-"""Command line: ``jaxllm train``, ``jaxllm sample``, ``jaxllm eval``, ``jaxllm info``.
+"""Command line: ``jaxllm train``, ``jaxllm sample``, ``jaxllm eval``, ``jaxllm info``,
+``jaxllm serve``.
 
 Bad flags or values end the program with one line on standard error and exit status 2
 (no traceback); an interrupted training run can be continued with ``--resume``.
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder to create (or to resume)")
     t.add_argument("--text", help="train on this UTF-8 text file instead of the bundled "
                    "Shakespeare corpus")
+    t.add_argument("--data", choices=["shakespeare", "world"],
+                   help="the bundled Shakespeare plays, or the corpus of the course's generated "
+                   "world (jaxllm.world, seed 0; BPE with the chat format's special tokens) "
+                   "(default: the preset's)")
     t.add_argument("--tokenizer", choices=["char", "bpe"],
                    help="characters, or byte-level BPE trained on the training text and "
                    "saved in the run folder (default: char)")
@@ -143,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "counts (computed with jax.eval_shape; nothing is allocated).")
     i.add_argument("run_dir", nargs="?", help="a folder written by `jaxllm train`")
     i.add_argument("--preset", choices=list(PRESETS), help="show only this preset")
+
+    v = sub.add_parser("serve", help="serve a model over the OpenAI and Anthropic HTTP APIs",
+                       description="Serve a run folder (or a shipped model) at "
+                       "/v1/chat/completions (OpenAI) and /v1/messages (Anthropic), with "
+                       "streaming and JSON-schema structured output. Point the official "
+                       "clients at it: OpenAI(base_url='http://HOST:PORT/v1', api_key=KEY), "
+                       "Anthropic(base_url='http://HOST:PORT', api_key=KEY).")
+    v.add_argument("--model", required=True, metavar="DIR_OR_NAME",
+                   help="a folder written by `jaxllm train`, or a shipped model's name")
+    v.add_argument("--port", type=_nonneg_int, default=8000, help="default: %(default)s")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; any "
+                   "other address needs an API key)")
+    v.add_argument("--api-key", help="the key clients must send (default: the "
+                   "JAXLLM_API_KEY environment variable; none on 127.0.0.1 if unset)")
+    v.add_argument("--model-name", help="the model id clients ask for (default: the run "
+                   "folder's name or the shipped model's name)")
+    v.add_argument("--max-batch", type=_positive_int, default=16,
+                   help="requests decoded together (default: %(default)s)")
+    v.add_argument("--max-queue", type=_positive_int, default=64,
+                   help="requests queued or running before new ones get 429 (default: "
+                   "%(default)s)")
     return parser
 
 
@@ -215,20 +242,30 @@ def _settings(args: argparse.Namespace):
             raise UsageError(f"{flag}: {e}") from None
         model, train = (cfg, train) if what == "model" else (model, cfg)
     tok = dict(conf.get("tokenizer", {}))
-    kind = args.tokenizer or tok.get("kind", "char")
+    text = args.text or conf.get("text")
+    data = args.data or preset.data
+    if text is not None and args.data == "world":
+        raise UsageError("--data world and --text are two corpora; give one")
+    if text is not None:
+        data = "text"
+    default_kind = "bpe" if preset.tokenizer == "bpe" or data == "world" else "char"
+    kind = args.tokenizer or tok.get("kind", default_kind)
     if kind not in ("char", "bpe"):
         raise UsageError(f"--config tokenizer kind must be 'char' or 'bpe', got {kind!r}")
     vocab = args.vocab_size or tok.get("vocab_size")
+    if kind == "char" and data == "world":
+        raise UsageError("--data world needs --tokenizer bpe (its chat format has special "
+                         "tokens), got --tokenizer char")
     if kind == "char" and vocab is not None:
         raise UsageError(f"--vocab-size needs --tokenizer bpe, got {vocab} with characters")
     if kind == "bpe":
-        vocab = 512 if vocab is None else vocab
+        vocab = (preset.vocab_size or 512) if vocab is None else vocab
         try:
             check_int("--vocab-size (BPE: the 256 bytes and merges)", vocab, min=256)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    text = args.text or conf.get("text")
-    return name, model, train, kind, vocab, (None if text is None else os.path.abspath(text))
+    return (name, model, train, kind, vocab, (None if text is None else os.path.abspath(text)),
+            data)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -242,7 +279,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from .checkpoint import CHECKPOINT_DIR, TOKENIZER_FILE, read_run_info, write_run_info
     from .config import ModelConfig, TrainConfig
-    from .data import load_corpus, load_text, train_val_split
+    from .data import train_val_split
     from .model import count_params
     from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
     from .train import Trainer
@@ -258,7 +295,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and not has_run:
         raise UsageError(f"--resume needs a run in --out, but {args.out!r} has no checkpoint")
     if args.resume:
-        ignored = [f"--{k.replace('_', '-')}" for k in ("preset", "config", "text", "tokenizer",
+        ignored = [f"--{k.replace('_', '-')}" for k in ("preset", "config", "text", "data",
+                                                       "tokenizer",
                                                        "vocab_size", *SHAPE_FLAGS,
                                                        "batch_size", "learning_rate", "seed",
                                                        "eval_interval")
@@ -274,22 +312,30 @@ def _train(args: argparse.Namespace) -> int:
         train_cfg = TrainConfig.from_dict(info["train"])
         if args.steps is not None:
             train_cfg = train_cfg.replace(steps=args.steps)
-        text = load_corpus() if text_path is None else load_text(text_path)
+        data = info.get("data", "shakespeare" if text_path is None else "text")
+        text = _corpus(data, text_path)
         tokenizer = load_tokenizer(os.path.join(out, info.get("tokenizer", TOKENIZER_FILE)))
     else:
-        name, model_cfg, train_cfg, kind, vocab, text_path = _settings(args)
+        name, model_cfg, train_cfg, kind, vocab, text_path, data = _settings(args)
         if text_path is not None and not os.path.isfile(text_path):
             raise UsageError(f"--text must be an existing UTF-8 file, got {text_path!r}")
-        text = load_corpus() if text_path is None else load_text(text_path)
+        text = _corpus(data, text_path)
         if kind == "bpe":
-            # Trained on the training part only, so the validation loss is honest.
+            # Trained on the training part only, so the validation loss is honest. The world's
+            # corpus is written in the chat format, whose special tokens become single ids.
+            from .chat import SPECIAL_TOKENS
+
             cut = int(round(len(text) * (1.0 - train_cfg.val_fraction)))
-            tokenizer = BPETokenizer.train(text[:cut], vocab_size=vocab)
+            tokenizer = BPETokenizer.train(
+                text[:cut], vocab_size=vocab,
+                special_tokens=SPECIAL_TOKENS if data == "world" else ())
         else:
             tokenizer = CharTokenizer.from_text(text)
         model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
 
-    train_tokens, val_tokens = train_val_split(tokenizer.encode(text), train_cfg.val_fraction)
+    ids = (tokenizer.encode(text, allowed_special="all") if data == "world"
+           else tokenizer.encode(text))
+    train_tokens, val_tokens = train_val_split(ids, train_cfg.val_fraction)
     mesh = None
     if jax.device_count() > 1:
         # Several devices (or hosts): the same step, compiled with shardings (see
@@ -312,7 +358,7 @@ def _train(args: argparse.Namespace) -> int:
               f"{type(tokenizer).__name__} of {tokenizer.vocab_size} tokens, "
               f"{len(train_tokens):,} training tokens, {train_cfg.steps} steps on "
               f"{jax.default_backend()}", file=sys.stderr)
-    write_run_info(out, model_cfg, train_cfg, tokenizer, text=text_path, preset=name)
+    write_run_info(out, model_cfg, train_cfg, tokenizer, text=text_path, preset=name, data=data)
     history = trainer.fit(progress=not args.no_progress and jax.process_index() == 0,
                           checkpoint_dir=ckpt_dir, checkpoint_every=args.checkpoint_every)
     secs = history["seconds"][-1]
@@ -321,6 +367,17 @@ def _train(args: argparse.Namespace) -> int:
         line += f", val loss {history['val_loss'][-1]:.4f}"
     print(f"{line}; {secs:.1f} s; checkpoint in {os.path.relpath(ckpt_dir)}", file=sys.stderr)
     return 0
+
+
+def _corpus(data: str, text_path: str | None) -> str:
+    """The training text: a file, the bundled plays, or the generated world (seed 0)."""
+    from .data import load_corpus, load_text
+
+    if data == "world":
+        from .world import WORLD_CORPUS_SEED, world_corpus
+
+        return world_corpus(WORLD_CORPUS_SEED)
+    return load_corpus() if text_path is None else load_text(text_path)
 
 
 def _run_dir(path: str) -> str:
@@ -439,6 +496,27 @@ def _run_info(run_dir: str) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import API_KEY_ENV, is_loopback, load_model, serve_forever
+
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(args.host) and not api_key:
+        raise UsageError(f"--host {args.host} is reachable from other machines; give an API "
+                         f"key (--api-key or {API_KEY_ENV}) or use 127.0.0.1")
+    if args.port > 65535:
+        raise UsageError(f"--port must be at most 65535, got {args.port}")
+    try:
+        model, tokenizer, name = load_model(args.model)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--model {args.model!r}: {e}") from None
+    print(f"{PROG}: serving {name!r} on http://{args.host}:{args.port} (OpenAI base URL "
+          f"http://{args.host}:{args.port}/v1)", file=sys.stderr)
+    serve_forever(model, tokenizer, model_name=args.model_name or name, host=args.host,
+                  port=args.port, api_key=api_key, max_batch=args.max_batch,
+                  max_queue=args.max_queue)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -452,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return {"train": _train, "sample": _sample, "eval": _eval,
-                "info": _info}[args.command](args)
+                "info": _info, "serve": _serve}[args.command](args)
     except UsageError as e:
         print(str(e) if str(e).startswith(PROG) else f"{PROG}: error: {e}", file=sys.stderr)
         return 2

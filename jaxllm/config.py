@@ -214,6 +214,11 @@ class Preset:
     published_active_params: int | None = None
     tokenizer: str = "char"
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: What ``jaxllm train`` trains a trainable preset on by default: ``"shakespeare"`` (the
+    #: bundled plays) or ``"world"`` (the corpus of :mod:`jaxllm.world`).
+    data: str = "shakespeare"
+    #: BPE vocabulary size for ``tokenizer="bpe"`` (``None``: the CLI's default).
+    vocab_size: int | None = None
 
 
 _GPT2_VOCAB = 50257
@@ -257,6 +262,31 @@ PRESETS: dict[str, Preset] = {
                         eval_batches=20),
             "Character-level model of the bundled Shakespeare corpus, sized to train on a "
             "2-core CPU in under 15 minutes.",
+        ),
+        Preset(
+            "world-base",
+            # Sized on the 2-core CPU (benchmarks/README.md): about 30 minutes on an idle
+            # machine for ~20 passes over the world's corpus (1.2M tokens), enough for the
+            # facts to be recalled; vocabulary 2048 makes each invented name one token.
+            ModelConfig(vocab_size=2048, context_length=128, n_layer=4, n_head=4,
+                        d_model=128, dropout=0.0),
+            TrainConfig(steps=5000, batch_size=32, learning_rate=3e-3, min_learning_rate=3e-4,
+                        warmup_steps=200, weight_decay=0.1, beta2=0.99, eval_interval=500,
+                        eval_batches=10, val_fraction=0.05),
+            "Base model of the course's generated world (jaxllm.world), BPE of 2048 tokens "
+            "with the chat format's special tokens; about 30 minutes on an idle 2-core CPU.",
+            tokenizer="bpe", data="world", vocab_size=2048,
+        ),
+        Preset(
+            "world-base-gpu",
+            # The same data and tokenizer, a model ~20x larger for one GPU.
+            ModelConfig(vocab_size=2048, context_length=256, n_layer=8, n_head=8,
+                        d_model=512, dropout=0.0),
+            TrainConfig(steps=6000, batch_size=64, learning_rate=1e-3, min_learning_rate=1e-4,
+                        warmup_steps=300, weight_decay=0.1, beta2=0.99, eval_interval=500,
+                        eval_batches=10, val_fraction=0.05),
+            "world-base's data and tokenizer at GPU scale (8 layers, width 512).",
+            tokenizer="bpe", data="world", vocab_size=2048,
         ),
         Preset("gpt2", _gpt(12, 12, 768, 1024), None, "GPT-2 small (124M).",
                published_params=124_439_808, tokenizer="gpt2"),

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import importlib
 import inspect
 import sys
 import types
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "NotYourCode", "own_code"]
+__all__ = ["MARKER", "NotYourCode", "modules_of", "own_code"]
 
 MARKER = "not your own code:"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -185,6 +186,42 @@ def _static_check(fn: Any, label: str, files: dict[str, str]) -> None:
             inner = _unwrap(obj)
             if isinstance(inner, types.FunctionType) and inner.__globals__ is current.__globals__:
                 todo.append((inner, f"{path} -> {_name(inner)}"))
+
+
+def modules_of(*names: str) -> list[types.ModuleType]:
+    """The modules whose *files* define the functions ``names`` (dotted paths such as
+    ``"optax.warmup_cosine_decay_schedule"`` or ``"numpy.polyfit"``), whatever module
+    re-exports them: what :func:`own_code` needs to ban a library's function, whose public
+    name (``optax``) is rarely the module that holds its code (``optax.schedules._schedule``).
+    A name that is a module is returned as it is."""
+    found: list[types.ModuleType] = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"modules_of: names must be dotted names, got {name!r}")
+        parts, obj = name.split("."), None
+        for i in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            for attr in parts[i:]:
+                obj = getattr(obj, attr, None)
+            break
+        if obj is None:
+            raise ValueError(f"modules_of: {name!r} names no importable module or function")
+        if not isinstance(obj, types.ModuleType):
+            code = getattr(_unwrap(obj), "__code__", None)
+            if code is None:
+                raise ValueError(f"modules_of: {name!r} is not a Python function")
+            path = Path(code.co_filename).resolve()
+            obj = next((m for m in list(sys.modules.values())
+                        if isinstance(getattr(m, "__file__", None), str)
+                        and Path(m.__file__).resolve() == path), None)
+            if obj is None:
+                raise ValueError(f"modules_of: no imported module has the file of {name!r}")
+        if obj not in found:
+            found.append(obj)
+    return found
 
 
 def own_code(fn: Callable[..., Any], *modules: types.ModuleType,

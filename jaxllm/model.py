@@ -405,7 +405,8 @@ class GPT(nnx.Module):
     def __call__(self, tokens: Array, *, positions: Array | None = None,
                  valid: Array | None = None, cache: KVCache | None = None,
                  cache_index: Array | int = 0, dropout_key: Array | None = None,
-                 return_attention: bool = False, return_aux: bool = False):
+                 return_attention: bool = False, return_aux: bool = False,
+                 return_hidden: bool = False):
         """Logits ``[B, T, vocab]`` for ``tokens`` ``[B, T]``.
 
         Returns just the logits, or a tuple ``(logits, extras)`` when a cache is given,
@@ -415,10 +416,13 @@ class GPT(nnx.Module):
         ``return_aux``, ``"aux_loss"`` (float32 scalar: the load-balancing loss of
         :func:`load_balancing_loss` averaged over the layers, 0.0 for a dense model) and
         ``"expert_counts"`` (int32 ``[n_layer, n_experts]``: token assignments per expert in
-        this call; ``[n_layer, 0]`` for a dense model).
+        this call; ``[n_layer, 0]`` for a dense model) and, with ``return_hidden``, ``"hidden"``
+        (``[B, T, d_model]``: the final-normed states the logits are read from, for heads such as
+        a reward model's; under ``jit`` the unused logits are not computed).
         """
         cfg = self.cfg
         check_bool("return_aux", return_aux)
+        check_bool("return_hidden", return_hidden)
         B, T = tokens.shape
         rolling = cache is not None and cache.pos is not None
         if cache is not None and (cfg.sliding_window is not None) != rolling:
@@ -462,9 +466,11 @@ class GPT(nnx.Module):
             logits = self.wte.attend(x.reshape(B * T, -1)).reshape(B, T, -1)
         else:
             logits = self.lm_head(x)
-        if cache is None and not return_attention and not return_aux:
+        if cache is None and not return_attention and not return_aux and not return_hidden:
             return logits
         extras: dict[str, Any] = {}
+        if return_hidden:
+            extras["hidden"] = x
         if cache is not None:
             extras["cache"] = new_cache if new_pos is None else new_cache._replace(pos=new_pos)
         if return_attention:

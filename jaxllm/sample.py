@@ -352,3 +352,137 @@ def generate_text(model: GPT, tokenizer: Any, prompt: str, max_new_tokens: int,
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     ids = tokenizer.encode(prompt)
     return tokenizer.decode(generate(model, [ids], max_new_tokens, **kwargs)[0])
+
+
+# -- host-driven decoding: one compiled call per token --------------------------------------
+#
+# `generate` keeps the whole loop on the device, which is fastest but gives nothing back
+# until the end. A server needs three things that loop cannot do: send each token as soon as
+# it exists (streaming), drop a row whose client went away, and ask a host-side grammar
+# matcher (llguidance, a Rust library that runs on the CPU) which tokens may come next. A
+# logits hook is traced into the compiled program, so it cannot call such a matcher; a
+# `jax.pure_callback` could, but would stop the device at every token anyway. `Stepper`
+# therefore compiles one *step* (sample a token under a mask, feed it through the model with
+# the KV cache) and the Python loop around it runs on the host.
+
+
+def unpack_bitmask(bitmask: jax.Array, vocab_size: int) -> jax.Array:
+    """Allowed tokens ``[B, V]`` (bool) from a packed bitmask ``[B, ceil(V / 32)]`` (int32,
+    bit ``i % 32`` of word ``i // 32`` set when token ``i`` is allowed): llguidance's layout,
+    which is 32 times smaller to copy to the device than a boolean mask."""
+    ids = jnp.arange(vocab_size)
+    words = jnp.asarray(bitmask, jnp.int32)[:, ids // 32]
+    return ((words >> (ids % 32)) & 1).astype(bool)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "cache_len"))
+def _prefill(graphdef, params, prompt, prompt_valid, *, cache_len: int):
+    model = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    B, P = prompt.shape
+    rolling = cfg.sliding_window is not None
+    cache = init_cache(cfg, B, cache_len)
+    S = cache.k.shape[2]
+    cache_valid = jnp.zeros((B, S), bool)
+    if not rolling:
+        cache_valid = cache_valid.at[:, :P].set(prompt_valid)
+    logits, extras = model(prompt, positions=_positions(prompt_valid),
+                           valid=prompt_valid if rolling else cache_valid,
+                           cache=cache, cache_index=0)
+    return dict(cache=extras["cache"], cache_valid=cache_valid, slot=jnp.int32(P),
+                pos=jnp.sum(prompt_valid, axis=1).astype(jnp.int32),
+                logits=logits[:, -1].astype(jnp.float32))
+
+
+@partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("state",))
+def _step(graphdef, params, state, bitmask, active, seeds, t, temperature, top_k, top_p):
+    model = nnx.merge(graphdef, params)
+    V = model.cfg.vocab_size
+    rolling = model.cfg.sliding_window is not None
+    logits = jnp.where(unpack_bitmask(bitmask, V), state["logits"], -jnp.inf)
+    # One key per row from the row's own seed and step: a request draws the same tokens
+    # whichever other requests share its batch.
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), t))(seeds)
+    tok = jax.vmap(sample_logits)(keys, logits, temperature, top_k, top_p)
+    tok = jnp.where(active, tok, 0)
+    if rolling:
+        cache_valid, valid = state["cache_valid"], active[:, None]
+    else:
+        cache_valid = jax.lax.dynamic_update_slice(state["cache_valid"], active[:, None],
+                                                   (0, state["slot"]))
+        valid = cache_valid
+    lg, ex = model(tok[:, None], positions=state["pos"][:, None], valid=valid,
+                   cache=state["cache"], cache_index=state["slot"])
+    return tok, dict(cache=ex["cache"], cache_valid=cache_valid, slot=state["slot"] + 1,
+                     pos=state["pos"] + active.astype(jnp.int32),
+                     logits=lg[:, -1].astype(jnp.float32))
+
+
+class Stepper:
+    """Decode a batch of prompts one token per :meth:`step`, driven from the host.
+
+    Each row has its own temperature, top-k (0: off), top-p (1: off) and seed; each step
+    takes an optional packed bitmask of allowed tokens per row (see :func:`unpack_bitmask`)
+    and the rows still active (an inactive row's token is ignored and does not enter its
+    cache). Prompts are left-padded to a multiple of ``PROMPT_BUCKET`` and the batch may be
+    padded with ``pad_rows`` inactive rows, so that few shapes are compiled. Unlike
+    :func:`generate` there is no sliding window: every prompt plus ``max_new_tokens`` must fit
+    in the context.
+    """
+
+    def __init__(self, model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 temperature: Sequence[float], top_k: Sequence[int], top_p: Sequence[float],
+                 seeds: Sequence[int], pad_rows: int = 0) -> None:
+        cfg = model.cfg
+        prompts = _check_prompts(prompts, cfg.vocab_size, cfg.context_length)
+        check_int("max_new_tokens", max_new_tokens, min=1)
+        check_int("pad_rows", pad_rows, min=0)
+        n = len(prompts)
+        for name, values in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+                             ("seeds", seeds)):
+            if len(values) != n:
+                raise ValueError(f"{name} must have one value per prompt ({n}); got "
+                                 f"{len(values)}")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > cfg.context_length:
+            raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens="
+                             f"{max_new_tokens} exceeds the context_length="
+                             f"{cfg.context_length}")
+        B = n + pad_rows
+        P = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
+        tokens = np.zeros((B, P), np.int32)
+        valid = np.zeros((B, P), bool)
+        for i, p in enumerate(prompts):
+            tokens[i, P - len(p):] = p
+            valid[i, P - len(p):] = True
+        valid[n:, -1] = True  # padding rows: one dummy token, never active
+        # Cache slots rounded up to a multiple of 128: fewer step programs to compile.
+        S = -(-(P + max_new_tokens) // 128) * 128
+        self.vocab_size = cfg.vocab_size
+        self.batch_size = B
+        self.max_new_tokens = max_new_tokens
+        self.t = 0
+        self._graphdef, self._params = nnx.split(model)
+        pad = [0] * pad_rows
+        self._temperature = jnp.asarray([*temperature, *pad], jnp.float32)
+        self._top_k = jnp.asarray([*top_k, *pad], jnp.int32)
+        self._top_p = jnp.asarray([*top_p, *([1.0] * pad_rows)], jnp.float32)
+        self._seeds = jnp.asarray([int(s) % (2**31) for s in seeds] + pad, jnp.int32)
+        self._state = _prefill(self._graphdef, self._params, jnp.asarray(tokens),
+                               jnp.asarray(valid), cache_len=S)
+        # Unconstrained steps reuse one all-allowed mask already on the device.
+        self._all = jnp.full((B, (cfg.vocab_size + 31) // 32), -1, jnp.int32)
+
+    def step(self, active: Sequence[bool], bitmask: np.ndarray | None = None) -> np.ndarray:
+        """Sample one token for each row (``0`` for inactive rows) and advance the cache.
+        ``active`` has one flag per real row (padding rows are inactive)."""
+        if self.t >= self.max_new_tokens:
+            raise ValueError(f"Stepper: all max_new_tokens={self.max_new_tokens} steps taken")
+        flags = np.zeros(self.batch_size, bool)
+        flags[: len(active)] = active
+        mask = self._all if bitmask is None else jnp.asarray(bitmask)
+        tok, self._state = _step(self._graphdef, self._params, self._state, mask,
+                                 jnp.asarray(flags), self._seeds, jnp.int32(self.t),
+                                 self._temperature, self._top_k, self._top_p)
+        self.t += 1
+        return np.asarray(tok)

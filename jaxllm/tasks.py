@@ -14,6 +14,10 @@ and checks its arguments before doing any work.
 * **Capital-city facts** (:func:`load_capitals`, :func:`capital_sentences`): "The capital of
   France is Paris." from the list of countries and capitals shipped in
   ``jaxllm/resources/capitals.csv`` (GeoNames data; see ``CAPITALS-SOURCE.md`` beside it).
+* **Multi-digit addition** (:func:`make_addition_task`): "0123+4567=09640" with both operands
+  of ``digits`` digits and the sum of ``digits + 1`` digits written least significant digit
+  first (as a person adds, carrying from the right), held-out problems never seen in training;
+  the experiments on it (chapter 11.1, "emergence") are in :mod:`jaxllm.emergence`.
 * **Experiments on them** (chapter 11.2): :func:`train_on_sentences` trains a model through
   :class:`jaxllm.train.Trainer` on sentence-aligned batches (:class:`jaxllm.data.SentenceBatches`);
   :class:`ItProbe` measures what a trained model does after "it": accuracy, attention from
@@ -38,7 +42,11 @@ from .data import resource_path
 from .validate import check_int, check_number
 
 __all__ = [
+    "ADDITION_ALPHABET",
     "ANIMAL_SOUNDS",
+    "AdditionTask",
+    "addition_line",
+    "make_addition_task",
     "OBJECT_VERBS",
     "SUBJECT_VERBS",
     "ItSentence",
@@ -351,6 +359,77 @@ def capital_sentences(pairs: Sequence[tuple[str, str]] | None = None, *, repeats
     sentences = [template.format(country=c, capital=k) for c, k in pairs] * repeats
     order = np.random.default_rng(seed).permutation(len(sentences))
     return [sentences[i] for i in order]
+
+
+# -- multi-digit addition ----------------------------------------------------------------------
+
+#: Every character an addition line uses (a character tokenizer of exactly these).
+ADDITION_ALPHABET = "\n+0123456789="
+
+
+def addition_line(a: int, b: int, digits: int, *, reverse: bool = True) -> str:
+    """``"a+b=c\n"`` with ``a`` and ``b`` zero-padded to ``digits`` digits and the sum to
+    ``digits + 1``, its digits reversed (least significant first) when ``reverse``.
+
+    >>> addition_line(123, 989, 4)
+    '0123+0989=21110\n'
+    """
+    digits = check_int("digits", digits, min=1)
+    for name, v in (("a", a), ("b", b)):
+        check_int(name, v, min=0, max=10 ** digits - 1)
+    total = f"{a + b:0{digits + 1}d}"
+    return f"{a:0{digits}d}+{b:0{digits}d}={total[::-1] if reverse else total}\n"
+
+
+@dataclass(frozen=True)
+class AdditionTask:
+    """Training and held-out addition problems (operand pairs ``[n, 2]``); no pair of
+    ``test`` occurs in ``train``."""
+
+    digits: int
+    reverse: bool
+    train: np.ndarray
+    test: np.ndarray
+
+    def lines(self, split: str = "train") -> list[str]:
+        pairs = {"train": self.train, "test": self.test}[split]
+        return [addition_line(int(a), int(b), self.digits, reverse=self.reverse)
+                for a, b in pairs]
+
+    @property
+    def prompt_length(self) -> int:
+        """Characters before the answer: ``a+b=``."""
+        return 2 * self.digits + 2
+
+    @property
+    def answer_length(self) -> int:
+        return self.digits + 1
+
+
+def make_addition_task(digits: int = 4, *, n_train: int = 20000, n_test: int = 1000,
+                       reverse: bool = True, seed: int = 0) -> AdditionTask:
+    """Uniformly random problems of ``digits``-digit numbers, split into ``n_train`` training
+    and ``n_test`` held-out pairs (distinct pairs; held-out pairs never appear in training)."""
+    digits = check_int("digits", digits, min=1, max=9)
+    n_train = check_int("n_train", n_train, min=1)
+    n_test = check_int("n_test", n_test, min=1)
+    if not isinstance(reverse, bool):
+        raise TypeError(f"reverse must be a bool, got {reverse!r}")
+    seed = check_int("seed", seed, min=0)
+    space = 10 ** (2 * digits)
+    if n_train + n_test > space // 2:
+        raise ValueError(f"n_train + n_test must be at most half of the {space} problems of "
+                         f"{digits}-digit numbers, got {n_train + n_test}")
+    rng = np.random.default_rng([seed, digits])
+    codes: np.ndarray = np.empty(0, np.int64)
+    while len(codes) < n_train + n_test:  # distinct pairs, in the order first drawn
+        more = rng.integers(0, space, 2 * (n_train + n_test))
+        both = np.concatenate([codes, more])
+        _, first = np.unique(both, return_index=True)
+        codes = both[np.sort(first)]
+    codes = codes[:n_train + n_test]
+    pairs = np.stack([codes // 10 ** digits, codes % 10 ** digits], axis=1)
+    return AdditionTask(digits, reverse, pairs[:n_train], pairs[n_train:])
 
 
 # -- experiments on the "it" sentences (chapter 11.2) ----------------------------------------------

@@ -51,6 +51,10 @@ def test_help_on_every_command(command):
         (["eval", "/nonexistent/run", "--text", "README.md"], "run_dir"),
         (["eval", "."], "--text"),
         (["info", "/nonexistent/run"], "run_dir"),
+        (["serve"], "--model"),
+        (["serve", "--model", "/nonexistent/run"], "--model"),
+        (["serve", "--model", "x", "--host", "0.0.0.0"], "--host"),
+        (["serve", "--model", "x", "--port", "70000"], "--port"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(args, needle):
@@ -181,3 +185,16 @@ def test_bpe_run_from_a_config_file_then_eval_and_info(tmp_path):
     r = jaxllm("train", "--config", str(bad), "--out", str(tmp_path / "bad"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "n_layers" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_on_the_generated_world(tmp_path):
+    out = tmp_path / "w"
+    r = jaxllm("train", "--preset", "world-base", "--out", str(out), "--steps", "2",
+               "--n-layer", "1", "--d-model", "32", "--n-head", "2", "--batch-size", "2",
+               "--context-length", "32", "--vocab-size", "300", "--eval-interval", "2",
+               "--no-progress")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["data"] == "world" and info["preset"] == "world-base"
+    tok = json.loads((out / "tokenizer.json").read_text())
+    assert "<|end|>" in json.dumps(tok)

@@ -169,5 +169,30 @@ def test_arguments_are_checked():
     with pytest.raises(AssertionError, match="not a function"):
         own_code(None, tokenizer, name="pair_counts")
     assert issubclass(NotYourCode, AssertionError)
-    assert labcheck.__all__ == ["MARKER", "NotYourCode", "own_code"]
+    assert labcheck.__all__ == ["MARKER", "NotYourCode", "modules_of", "own_code"]
     assert jax is not None
+
+
+def test_modules_of_finds_the_file_that_defines_a_library_function():
+    import optax
+
+    mods = labcheck.modules_of("optax.warmup_cosine_decay_schedule", "jaxllm.sample",
+                               "numpy.polyfit", "jaxllm.sample.top_p_filter")
+    assert [m.__name__ for m in mods] == ["optax.schedules._schedule", "jaxllm.sample",
+                                          "numpy.lib._polynomial_impl"]
+
+    def wraps_optax(step):
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, 2, 10)(step)
+
+    with pytest.raises(NotYourCode, match=MARKER):
+        own_code(wraps_optax, *mods)(3)
+
+    def fits_with_polyfit(x, y):
+        return np.polyfit(x, y, 1)
+
+    with pytest.raises(NotYourCode, match=MARKER):
+        own_code(fits_with_polyfit, *mods)([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert own_code(lambda x: np.mean(x), *mods)([1.0, 3.0]) == 2.0
+    for bad in ("", "no_such_module_xyz.f", "numpy.pi"):
+        with pytest.raises((TypeError, ValueError), match="modules_of"):
+            labcheck.modules_of(bad)

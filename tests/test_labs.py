@@ -71,6 +71,20 @@ QUESTIONS = [f"q{i}" for i in range(1, 8)]
 BANNED = {"q1": "tokenizer", "q2": "sample", "q3": "model", "q4": "sample", "q5": "model",
           "q6": "sample", "q7": "tokenizer"}
 
+# The preferences lab (11.4): every reference implementation is in jaxllm.losses.
+PREF = "preferences"
+PREF_QUESTIONS = ["q1", "q2", "q3"]
+PREF_BANNED = dict.fromkeys(PREF_QUESTIONS, "losses")
+
+# The counting-parameters lab (11.1): parameter counts and 6ND against jaxllm.model, perplexity
+# and bits per character against jaxllm.train.
+LAB2 = "counting-parameters"
+QUESTIONS2 = ["q1", "q2", "q3", "q4"]
+BANNED2 = {"q1": "model", "q2": "model", "q3": "model", "q4": "train"}
+# Each lab's banned modules and questions, for the structure checks run on every lab.
+LAB_QUESTIONS = {LAB: (BANNED, QUESTIONS), "preferences": (PREF_BANNED, PREF_QUESTIONS),
+                 LAB2: (BANNED2, QUESTIONS2)}
+
 # A submission that lets the package do the work (answer cell start -> replacement). q5 is
 # answered honestly, without the q3 functions (whose causal_mask is the package's here).
 DELEGATING = {
@@ -349,9 +363,9 @@ def test_regenerating_changes_nothing_committed(assigned):
         "labs/ is stale: run python scripts/assign_labs.py")
 
 
-def _source_cells(kind: str) -> list[nbformat.NotebookNode]:
+def _source_cells(kind: str, lab: str = LAB) -> list[nbformat.NotebookNode]:
     """Code cells of the lab source inside SOLUTION (kind='solution') or TESTS blocks."""
-    nb = nbformat.read(LABS / "src" / f"{LAB}.ipynb", as_version=4)
+    nb = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
     inside, found = None, []
     for cell in nb.cells:
         if cell.cell_type == "raw":
@@ -419,11 +433,13 @@ def test_test_functions_do_not_shadow_the_students_functions():
         assert sorted(rebound) == sorted(checks), f"{function.name} rebinds {rebound}"
 
 
-def test_every_test_checks_first_that_the_functions_are_the_students_own():
+@pytest.mark.parametrize("lab", list(LAB_QUESTIONS))
+def test_every_test_checks_first_that_the_functions_are_the_students_own(lab):
     """Each test, public and hidden, starts by passing every function it grades through
     ``jaxllm.labcheck.own_code`` with the module of the question's reference implementations,
     so a delegating answer fails all of its question's tests (and only those)."""
-    nb = nbformat.read(LABS / "src" / f"{LAB}.ipynb", as_version=4)
+    banned, questions = LAB_QUESTIONS[lab]
+    nb = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
     question, seen = None, {}
     for cell in nb.cells:
         if cell.cell_type == "raw" and cell.source.startswith("# BEGIN QUESTION"):
@@ -433,13 +449,13 @@ def test_every_test_checks_first_that_the_functions_are_the_students_own():
         function = _test_function(cell)
         params = [a.arg for a in function.args.args]
         body = function.body
-        module = BANNED[question]
+        module = banned[question]
         assert ast.unparse(body[0]) == f"from jaxllm import labcheck, {module}", function.name
         for param, statement in zip(params, body[1:], strict=False):
             assert ast.unparse(statement) == f"{param} = labcheck.own_code({param}, {module})", (
                 function.name)
         seen[question] = seen.get(question, 0) + 1
-    assert seen == {q: 4 for q in QUESTIONS}
+    assert seen == {q: 4 for q in questions}
 
 
 def test_the_grader_recognises_the_checks_message():
@@ -454,10 +470,12 @@ def test_the_grader_recognises_the_checks_message():
     assert grade_labs._delegation(None) == ""
 
 
-def test_student_notebook_has_no_solutions_and_no_hidden_tests():
-    student_text = (LABS / f"{LAB}.ipynb").read_text(encoding="utf-8")
+@pytest.mark.parametrize("lab", list(LAB_QUESTIONS))
+def test_student_notebook_has_no_solutions_and_no_hidden_tests(lab):
+    questions = LAB_QUESTIONS[lab][1]
+    student_text = (LABS / f"{lab}.ipynb").read_text(encoding="utf-8")
     student = nbformat.reads(student_text, as_version=4)
-    source = nbformat.read(LABS / "src" / f"{LAB}.ipynb", as_version=4)
+    source = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
     # Lines that appear only between BEGIN/END SOLUTION markers of the source.
     elsewhere = set()
     solution_lines = set()
@@ -474,18 +492,18 @@ def test_student_notebook_has_no_solutions_and_no_hidden_tests():
             else:
                 elsewhere.add(stripped)
     unique = {line for line in solution_lines - elsewhere if len(line) >= 12}
-    assert len(unique) >= 10  # the search below has something to find
+    assert len(unique) >= 8  # the search below has something to find
     student_lines = {line.strip() for c in student.cells for line in c.source.splitlines()}
     assert not unique & student_lines
     for line in unique:
         assert json.dumps(line)[1:-1] not in student_text, line
     # Answer cells are there, with the prompts (...) instead of the code.
     answers = [c for c in student.cells if ANSWER_TAG in c.metadata.get("tags", [])]
-    assert len(answers) == len(QUESTIONS) and all("    ..." in c.source for c in answers)
+    assert len(answers) == len(questions) and all("    ..." in c.source for c in answers)
     assert not any(SOLUTION_CELL_TAG in c.metadata.get("tags", []) for c in student.cells)
     # Tests: the public ones are in the metadata, the hidden ones nowhere.
     public, hidden = [], []
-    for cell in _source_cells("tests"):
+    for cell in _source_cells("tests", lab):
         (hidden if _test_config(cell)["hidden"] else public).append(_test_function(cell))
     assert public and hidden
     tests_text = "\n".join(student.metadata["otter"]["tests"].values())
@@ -795,3 +813,340 @@ def test_student_flow_solved_notebook_passes_public_tests(student_runs):
     assert sorted(checks) == QUESTIONS
     for q, text in checks.items():
         assert f"{q} results: All test cases passed!" in text, text[:500]
+
+
+# ---------------------------------------------------------------------------------------------
+# The preferences lab: generated, graded, and only the student's own code scores
+
+# Answer cells of the preferences lab that delegate to jaxllm.losses: an import, a def wrapper
+# that keeps an honest helper beside it, and a lambda.
+PREF_DELEGATING = {
+    "def preference_probability": '''
+from jaxllm.losses import pairwise_reward_loss
+
+
+def preference_probability(chosen, rejected):
+    d = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -d))
+
+
+def bradley_terry_loss(chosen, rejected):
+    return float(pairwise_reward_loss(np.asarray(chosen), np.asarray(rejected)))
+''',
+    "def sequence_logprob": '''
+import jaxllm.losses
+
+
+def sequence_logprob(token_logps, mask):
+    return np.where(np.asarray(mask, bool), np.asarray(token_logps, np.float64), 0.0).sum(-1)
+
+
+def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+             chosen_mask, rejected_mask, beta):
+    seqs = [sequence_logprob(x, m) for x, m in [(policy_chosen, chosen_mask),
+            (policy_rejected, rejected_mask), (reference_chosen, chosen_mask),
+            (reference_rejected, rejected_mask)]]
+    return float(jaxllm.losses.dpo_loss(*seqs, beta))
+''',
+    "def token_kl": '''
+from jaxllm import losses
+
+
+def token_kl(policy_logits, reference_logits):
+    def log_softmax(z):
+        z = np.asarray(z, np.float64)
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    logp, logq = log_softmax(policy_logits), log_softmax(reference_logits)
+    return (np.exp(logp) * (logp - logq)).sum(axis=-1)
+
+
+kl_estimate = lambda lp, ref, mask: float(losses.kl_estimate(lp, ref, mask))  # noqa: E731
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def pref_assigned(tmp_path_factory):
+    return assign_labs.assign_lab(LABS / "src" / f"{PREF}.ipynb",
+                                  tmp_path_factory.mktemp("pref-dist"))
+
+
+def _answers_filled_in(assigned, n_answers) -> nbformat.NotebookNode:
+    student = nbformat.read(assigned.student_notebook, as_version=4)
+    solution = nbformat.read(assigned.solution_notebook, as_version=4)
+    filled = copy.deepcopy(student)
+    answers = 0
+    for cell, solved in zip(filled.cells, solution.cells, strict=True):
+        if ANSWER_TAG in cell.metadata.get("tags", []):
+            cell.source = solved.source
+            answers += 1
+    assert answers == n_answers
+    return filled
+
+
+@pytest.fixture(scope="module")
+def pref_graded(pref_assigned, tmp_path_factory):
+    """Grade the preferences lab: its solution, the blank notebook and a delegating one."""
+    folder = tmp_path_factory.mktemp("pref-submissions")
+    filled = _answers_filled_in(pref_assigned, len(PREF_QUESTIONS))
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(pref_assigned.student_notebook, folder / "blank.ipynb")
+    delegating = filled
+    for start, source in PREF_DELEGATING.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
+    rows, text = _grade_cli(folder, pref_assigned.autograder_zip, folder / "grades.csv",
+                            "--timeout", "300", "--jobs", "2")
+    print(f"\n{text}")
+    return rows
+
+
+def test_preferences_regenerating_changes_nothing_committed(pref_assigned):
+    committed = LABS / f"{PREF}.ipynb"
+    assert committed.read_bytes() == pref_assigned.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+
+
+def test_preferences_questions_have_public_and_hidden_tests(pref_assigned):
+    _, questions = grade_labs.read_questions(pref_assigned.autograder_zip)
+    assert [q.name for q in questions] == PREF_QUESTIONS
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert any(hidden) and not all(hidden), q.name
+        assert q.possible == len(hidden) == 4
+
+
+def _pref_scores(row) -> list[float]:
+    return [float(row[q]) for q in PREF_QUESTIONS]
+
+
+@pytest.mark.slow
+def test_preferences_solution_scores_full_marks(pref_graded):
+    row = pref_graded["solution"]
+    assert _pref_scores(row) == [4, 4, 4] and float(row["total"]) == 12
+    assert row["reason"] == ""
+
+
+@pytest.mark.slow
+def test_preferences_blank_notebook_scores_zero(pref_graded):
+    row = pref_graded["blank"]
+    assert _pref_scores(row) == [0, 0, 0] and float(row["total"]) == 0
+    assert row["reason"].split("; ") == [f"q{i} 0/4: all tests failed" for i in (1, 2, 3)]
+
+
+@pytest.mark.slow
+def test_preferences_delegating_scores_zero_on_those_questions(pref_graded):
+    row = pref_graded["delegating"]
+    assert _pref_scores(row) == [0, 0, 0] and float(row["total"]) == 0
+    reasons = row["reason"].split("; ")
+    assert len(reasons) == 3, reasons
+    for q, reason in zip(PREF_QUESTIONS, reasons, strict=True):
+        assert reason.startswith(f"{q} 0/4: not your own code: "), reason
+    assert "jaxllm.losses.pairwise_reward_loss" in reasons[0], reasons[0]
+    assert "jaxllm.losses" in reasons[1] and "jaxllm.losses" in reasons[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# The second lab, counting-parameters (chapter 11.1): generated, public and hidden tests, and
+# the grading round trip (solution full marks, blank zero, delegation zero on its questions)
+
+# q3 is answered honestly: there is no package function of 6ND to delegate to.
+DELEGATING2 = {
+    "def gpt2_params": '''
+from jaxllm.model import count_params
+
+
+def gpt2_params(vocab_size, context_length, n_layer, d_model):
+    return count_params(ModelConfig(vocab_size=vocab_size, context_length=context_length,
+                                    n_layer=n_layer, n_head=1, d_model=d_model))
+''',
+    "def count_params_by_hand": "from jaxllm.model import count_params as count_params_by_hand",
+    "def perplexity": '''
+from jaxllm.train import TextScore
+
+
+def perplexity(loss):
+    return TextScore(tokens=1, nats=loss, characters=1, bytes=1).perplexity
+
+
+def bits_per_character(loss, n_tokens, n_characters):
+    return TextScore(n_tokens, loss * n_tokens, n_characters, n_characters).bits_per_character
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def assigned2(tmp_path_factory):
+    return assign_labs.assign_lab(LABS / "src" / f"{LAB2}.ipynb",
+                                  tmp_path_factory.mktemp("dist2"))
+
+
+@pytest.fixture(scope="module")
+def graded2(assigned2, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("submissions2")
+    student = nbformat.read(assigned2.student_notebook, as_version=4)
+    solution = nbformat.read(assigned2.solution_notebook, as_version=4)
+    filled = copy.deepcopy(student)
+    for cell, solved in zip(filled.cells, solution.cells, strict=True):
+        if ANSWER_TAG in cell.metadata.get("tags", []):
+            cell.source = solved.source
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(assigned2.student_notebook, folder / "blank.ipynb")
+    delegating = filled
+    for start, source in DELEGATING2.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
+    rows, text = _grade_cli(folder, assigned2.autograder_zip, folder / "grades.csv",
+                            "--timeout", "300", "--max-memory-mb", "2000", "--jobs", "2")
+    print(f"\n{text}")
+    return rows
+
+
+def test_counting_lab_regenerates_unchanged_and_hides_its_solutions(assigned2):
+    committed = LABS / f"{LAB2}.ipynb"
+    assert committed.read_bytes() == assigned2.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+    student_text = committed.read_text(encoding="utf-8")
+    for cell in _source_cells("solution", LAB2):
+        inside = cell.source.split("# BEGIN SOLUTION")[1:]
+        lines = {ln.strip() for part in inside for ln in part.split("# END SOLUTION")[0]
+                 .splitlines() if len(ln.strip()) >= 12}
+        assert lines and not [ln for ln in lines if json.dumps(ln)[1:-1] in student_text]
+    for cell in _source_cells("tests", LAB2):
+        if _test_config(cell)["hidden"]:
+            assert _test_function(cell).name not in student_text
+
+
+def test_counting_lab_questions_have_public_and_hidden_tests(assigned2):
+    _, questions = grade_labs.read_questions(assigned2.autograder_zip)
+    assert [q.name for q in questions] == QUESTIONS2
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert any(hidden) and not all(hidden) and q.possible == len(hidden) == 4, q.name
+
+
+@pytest.mark.slow
+def test_counting_lab_solution_full_marks_blank_zero(graded2):
+    assert [float(graded2["solution"][q]) for q in QUESTIONS2] == [4] * 4
+    assert graded2["solution"]["reason"] == ""
+    blank = graded2["blank"]
+    assert [float(blank[q]) for q in QUESTIONS2] == [0] * 4 and float(blank["total"]) == 0
+    assert blank["reason"].split("; ") == [f"{q} 0/4: all tests failed" for q in QUESTIONS2]
+
+
+@pytest.mark.slow
+def test_counting_lab_delegating_answers_score_zero(graded2):
+    row = graded2["delegating"]
+    assert [float(row[q]) for q in QUESTIONS2] == [0, 0, 4, 0] and float(row["total"]) == 4
+    reasons = row["reason"].split("; ")
+    assert [r.split(" ")[0] for r in reasons] == ["q1", "q2", "q4"], reasons
+    assert all("not your own code:" in r for r in reasons), reasons
+    assert "jaxllm.model.count_params" in reasons[1], reasons[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The "training and scaling" lab (11.3): the same round trip, on its three questions
+
+
+LAB3 = "training-and-scaling"
+QUESTIONS3 = ["q1", "q2", "q3"]
+ANSWER_VALUES3 = {"k_sweep", "loss_at_1m"}  # numbers the q3 tests read, not functions
+# Delegated answers: q1 imports jaxllm's cross-entropy, q2 is answered honestly, q3 fits with
+# np.polyfit (a library's least squares, which the question asks the student to write).
+DELEGATING3 = {
+    "def cross_entropy": '''
+from jaxllm.losses import cross_entropy as _ce
+
+
+def cross_entropy(logits, targets):
+    return float(_ce(np.asarray(logits), np.asarray(targets)))
+''',
+    "def fit_power_law": '''
+def fit_power_law(n, loss):
+    slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def predict(a, k, n):
+    return a * np.asarray(n, dtype=np.float64) ** (-k)
+
+
+k_sweep = fit_power_law(sizes, losses)[1]
+loss_at_1m = float(predict(*fit_power_law(sizes, losses), 1e6))
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def assigned3(tmp_path_factory):
+    return assign_labs.assign_lab(LABS / "src" / f"{LAB3}.ipynb",
+                                  tmp_path_factory.mktemp("dist3"))
+
+
+def _filled(assigned) -> nbformat.NotebookNode:
+    student = nbformat.read(assigned.student_notebook, as_version=4)
+    solution = nbformat.read(assigned.solution_notebook, as_version=4)
+    filled = copy.deepcopy(student)
+    for cell, solved in zip(filled.cells, solution.cells, strict=True):
+        if ANSWER_TAG in cell.metadata.get("tags", []):
+            cell.source = solved.source
+    return filled
+
+
+@pytest.fixture(scope="module")
+def graded3(assigned3, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("submissions3")
+    filled = _filled(assigned3)
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(assigned3.student_notebook, folder / "blank.ipynb")
+    delegating = filled
+    for start, source in DELEGATING3.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
+    rows, _ = _grade_cli(folder, assigned3.autograder_zip, folder / "grades.csv",
+                         "--timeout", "300", "--jobs", "2")
+    return rows
+
+
+def test_scaling_lab_regenerating_changes_nothing_committed(assigned3):
+    assert (LABS / f"{LAB3}.ipynb").read_bytes() == assigned3.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+
+
+def test_scaling_lab_questions_have_public_and_hidden_tests_that_check_own_code(assigned3):
+    _, questions = grade_labs.read_questions(assigned3.autograder_zip)
+    assert [q.name for q in questions] == QUESTIONS3
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert hidden.count(True) == 2 and hidden.count(False) == 2 and q.possible == 4
+    source = nbformat.read(LABS / "src" / f"{LAB3}.ipynb", as_version=4)
+    tests = [c for c in source.cells if c.cell_type == "code" and "# BEGIN TEST CONFIG" in c.source]
+    assert len(tests) == 12
+    for cell in tests:
+        function = _test_function(cell)
+        body = [ast.unparse(s) for s in function.body]
+        assert body[0] == "from jaxllm import labcheck"
+        assert body[1].startswith("reference_modules = labcheck.modules_of(")
+        functions = [a.arg for a in function.args.args if a.arg not in ANSWER_VALUES3]
+        assert len(body) > len(functions) + 2
+        for param, statement in zip(functions, body[2:], strict=False):
+            assert statement == f"{param} = labcheck.own_code({param}, *reference_modules)"
+    student = (LABS / f"{LAB3}.ipynb").read_text(encoding="utf-8")
+    assert "take_along_axis" not in student and "np.cos(np.pi * progress)" not in student
+    assert "NBVAL_CHECK_OUTPUT" not in student and "test_q1_huge_logits" not in student
+
+
+@pytest.mark.slow
+def test_scaling_lab_solution_full_marks_blank_zero_delegation_zero(graded3):
+    assert [float(graded3["solution"][q]) for q in QUESTIONS3] == [4, 4, 4]
+    assert graded3["solution"]["reason"] == ""
+    blank = graded3["blank"]
+    assert [float(blank[q]) for q in QUESTIONS3] == [0, 0, 0]
+    assert blank["reason"].split("; ") == [f"q{i} 0/4: all tests failed" for i in (1, 2, 3)]
+    row = graded3["delegating"]
+    assert [float(row[q]) for q in QUESTIONS3] == [0, 4, 0], row
+    reasons = row["reason"].split("; ")
+    assert reasons[0].startswith("q1 0/4: not your own code: ") and "jaxllm.losses" in reasons[0]
+    assert reasons[1].startswith("q3 0/4: not your own code: ") and "polyfit" in reasons[1]

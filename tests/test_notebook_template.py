@@ -98,7 +98,7 @@ def test_chapter_starts_with_the_template_cells(path: Path):
 
 
 def test_install_cell_names_the_repository_of_config():
-    assert f'"jaxllm[viz,tokenizers] @ git+{URL}@{BRANCH}"' in SOURCE
+    assert f'"jaxllm[viz,tokenizers,serve] @ git+{URL}@{BRANCH}"' in SOURCE
     assert SOURCE.count("https://github.com/") == 1
     extras = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "optional-dependencies"
@@ -133,7 +133,7 @@ def test_install_cell_in_colab_pins_the_installed_jax_family():
     for flag in ("-U", "--upgrade", "--force-reinstall", "-I", "--ignore-installed"):
         assert flag not in argv, f"{flag} could replace Colab's jax/jaxlib"
     assert argv[argv.index("--upgrade-strategy") + 1] == "only-if-needed"
-    assert argv[-1] == f"jaxllm[viz,tokenizers] @ git+{URL}@{BRANCH}"
+    assert argv[-1] == f"jaxllm[viz,tokenizers,serve] @ git+{URL}@{BRANCH}"
     assert stdout == "", "nothing is printed before pip has run"
     # The constraints pin exactly the jax family that is installed (here: this environment's).
     constraints = Path(argv[argv.index("--constraint") + 1])
@@ -259,7 +259,7 @@ def test_template_follows_the_config(tmp_path: Path):
     config = tmp_path / "_config.yml"
     config.write_text("repository:\n  url: https://github.com/some-org/fork\n  branch: dev\n")
     source = T.install_cell_source(config)
-    assert '"jaxllm[viz,tokenizers] @ git+https://github.com/some-org/fork@dev"' in source
+    assert '"jaxllm[viz,tokenizers,serve] @ git+https://github.com/some-org/fork@dev"' in source
     assert source.replace("some-org/fork@dev", "X") == SOURCE.replace(
         URL.removeprefix("https://github.com/") + f"@{BRANCH}", "X"
     )
