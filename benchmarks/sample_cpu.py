@@ -7,9 +7,10 @@ depend on what the weights are) and the vocabulary of the bundled corpus. Each r
 * ``jaxllm.sample.generate``: prefill, then one token per iteration of a compiled
   ``lax.while_loop`` that feeds only the newest token through the model and reads every earlier
   key and value from the cache (with a sliding re-prefill when the context is full);
-* the baseline: the textbook loop without a cache, also compiled into one ``lax.fori_loop``
-  so that it is not slowed by Python: at every step the whole (cropped) context of
-  ``context_length`` tokens goes through the model and the last position's logits are sampled.
+* the baseline, ``jaxllm.sample.generate_recompute``: the textbook loop without a cache, also
+  compiled into one ``lax.fori_loop`` so that it is not slowed by Python: at every step the
+  whole (cropped) context of ``context_length`` tokens goes through the model and the last
+  position's logits are sampled.
 
 Both sample the same way (temperature 0.8, the same ``jaxllm.sample.sample_logits``). Times are
 the best of ``--repeats`` calls after a first call that compiles (its extra time is reported
@@ -26,49 +27,19 @@ import os
 import platform
 import sys
 import time
-from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxllm.config import get_preset
 from jaxllm.data import load_corpus
 from jaxllm.model import GPT, count_params
-from jaxllm.sample import generate, sample_logits
+from jaxllm.sample import generate, generate_recompute
 from jaxllm.tokenizer import CharTokenizer
 
 PROMPT = "ROMEO:\n"
 TEMPERATURE = 0.8
-
-
-@partial(jax.jit, static_argnames=("graphdef", "prompt_len", "new_tokens"))
-def recompute_decode(graphdef, params, prompt, key, temperature, *, prompt_len: int,
-                     new_tokens: int):
-    """Generate ``new_tokens`` tokens without a cache: each step runs the model over the last
-    ``context_length`` tokens (the whole sequence while it is shorter, right-padded; causal
-    attention makes the padding invisible to the position that is read)."""
-    model = nnx.merge(graphdef, params)
-    T = model.cfg.context_length
-    B = prompt.shape[0]
-    total = prompt_len + new_tokens
-    buf = jnp.zeros((B, max(total, T)), jnp.int32).at[:, :prompt_len].set(prompt)
-
-    def body(i, carry):
-        buf, key = carry
-        length = prompt_len + i                   # tokens so far
-        start = jnp.maximum(length - T, 0)        # crop to the last T tokens
-        window = jax.lax.dynamic_slice(buf, (0, start), (B, T))
-        logits = model(window)                    # [B, T, V]: the full forward
-        last = jax.lax.dynamic_index_in_dim(logits, length - start - 1, axis=1,
-                                            keepdims=False)
-        key, sub = jax.random.split(key)
-        tok = sample_logits(sub, last, temperature)
-        return jax.lax.dynamic_update_slice(buf, tok[:, None], (0, length)), key
-
-    buf, _ = jax.lax.fori_loop(0, new_tokens, body, (buf, key))
-    return buf[:, prompt_len:total]
 
 
 def best_of(fn, repeats: int) -> tuple[float, float, object]:
@@ -105,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     tok = CharTokenizer.from_text(text)
     cfg = get_preset("shakespeare-char").model.replace(vocab_size=tok.vocab_size)
     model = GPT(cfg, rngs=nnx.Rngs(params=jax.random.key(0)))
-    graphdef, params = nnx.split(model)
     prompt_ids = tok.encode(PROMPT)
     P, N = len(prompt_ids), args.new_tokens
 
@@ -120,16 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(head))
     for B in args.batches:
         prompts = [prompt_ids] * B
-        key = jax.random.key(1)
 
         def cached(prompts=prompts):
             return generate(model, prompts, N, temperature=TEMPERATURE, seed=1)
 
-        prompt = jnp.asarray(np.array(prompts, np.int32))
-
-        def recompute(prompt=prompt, key=key):
-            return recompute_decode(graphdef, params, prompt, key, jnp.float32(TEMPERATURE),
-                                    prompt_len=P, new_tokens=N)
+        def recompute(prompts=prompts):
+            return generate_recompute(model, prompts, N, temperature=TEMPERATURE, seed=1)
 
         first_c, best_c, _ = best_of(cached, args.repeats)
         first_r, best_r, _ = best_of(recompute, args.repeats)
@@ -144,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     # cache slides by re-prefilling three quarters of the window, the baseline by one token).
     n_check = min(N, cfg.context_length - P)
     a = np.array(generate(model, [prompt_ids], n_check, temperature=0.0)[0])
-    b = np.asarray(recompute_decode(graphdef, params, jnp.asarray([prompt_ids], jnp.int32),
-                                    jax.random.key(0), jnp.float32(0.0), prompt_len=P,
-                                    new_tokens=n_check))[0]
+    b = np.array(generate_recompute(model, [prompt_ids], n_check, temperature=0.0)[0])
     same = int(np.sum(np.cumprod(a == b)))
     print(f"greedy check: the two methods agree on the first {same} of {n_check} tokens")
     return 0 if same == n_check else 1

@@ -18,6 +18,9 @@ A sliding-window model (``cfg.sliding_window``, Mistral) decodes with its rollin
 ``min(sliding_window, prompt + new tokens)`` slots instead (see :func:`jaxllm.model.init_cache`):
 memory stays bounded by the window however long the generation, and nothing is re-prefilled
 until the *positions* reach the context length.
+
+:func:`generate_recompute` is the same loop without the cache (a full forward pass per
+token), the reference against which the cache is measured.
 """
 
 from __future__ import annotations
@@ -281,6 +284,65 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
             toks = toks[: toks.index(stop_token)]
         results.append(toks)
     return results
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def _recompute(graphdef, params, buf, prompt_len, new_tokens, key, temperature):
+    # `buf` [B, max(P + N, T)] holds the prompt in its first `prompt_len` slots. Lengths are
+    # traced values: every call with the same buffer shape (all sequences that fit in the
+    # context) reuses one compiled program.
+    model = nnx.merge(graphdef, params)
+    T = model.cfg.context_length
+    B = buf.shape[0]
+
+    def body(i, carry):
+        buf, key = carry
+        length = prompt_len + i                   # tokens so far
+        start = jnp.maximum(length - T, 0)        # crop to the last T tokens
+        window = jax.lax.dynamic_slice(buf, (0, start), (B, T))
+        logits = model(window)                    # [B, T, V]: the full forward
+        last = jax.lax.dynamic_index_in_dim(logits, length - start - 1, axis=1,
+                                            keepdims=False)
+        key, sub = jax.random.split(key)
+        tok = sample_logits(sub, last, temperature)
+        return jax.lax.dynamic_update_slice(buf, tok[:, None], (0, length)), key
+
+    buf, _ = jax.lax.fori_loop(0, new_tokens, body, (buf, key))
+    return buf
+
+
+def generate_recompute(model: GPT, prompts: Sequence[Sequence[int]] | Sequence[int],
+                       max_new_tokens: int, *, temperature: float = 1.0, seed: int = 0,
+                       key: jax.Array | None = None) -> list[list[int]]:
+    """:func:`generate` without a KV cache: the reference that shows what the cache saves.
+
+    The textbook loop, compiled into one ``lax.fori_loop``: at every step the whole window of
+    ``context_length`` token slots goes through the model (right-padded while the sequence is
+    shorter: causal attention makes the padding invisible to the position that is read;
+    cropped to the last ``context_length`` tokens once it is longer) and the last real
+    position's logits are sampled with :func:`sample_logits`. The work per token is therefore
+    one full forward pass, whatever the length so far. All prompts must have the same length
+    (there is no left padding here); no top-k, top-p or stop token. Greedy decoding
+    (``temperature=0``) gives the same tokens as :func:`generate` while the sequence fits in
+    the context (beyond it the two slide their windows differently). While prompt and new
+    tokens fit in the context, all lengths share one compiled program.
+    """
+    cfg = model.cfg
+    prompts = _check_prompts(prompts, cfg.vocab_size, cfg.context_length)
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("prompts must all have the same length for generate_recompute, got "
+                         f"lengths {sorted({len(p) for p in prompts})}")
+    check_int("max_new_tokens", max_new_tokens, min=1)
+    check_number("temperature", temperature, low=0.0)
+    if key is None:
+        key = jax.random.key(check_int("seed", seed))
+    B, P = len(prompts), len(prompts[0])
+    buf = np.zeros((B, max(P + max_new_tokens, cfg.context_length)), np.int32)
+    buf[:, :P] = prompts
+    graphdef, params = nnx.split(model)
+    out = _recompute(graphdef, params, jnp.asarray(buf), jnp.int32(P),
+                     jnp.int32(max_new_tokens), key, jnp.float32(temperature))
+    return np.asarray(out)[:, P:P + max_new_tokens].tolist()
 
 
 def generate_text(model: GPT, tokenizer: Any, prompt: str, max_new_tokens: int,

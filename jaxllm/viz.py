@@ -148,71 +148,102 @@ def plot_next_token(probs: Any, labels: Sequence[str], *, top: int = 10, title: 
     return fig
 
 
+LOG_FLOOR = 1e-4  # the lowest probability a log-scale panel shows
+
+
 def _draw_sampling(ax: Any, logits: np.ndarray, names: list[str], temperature: float,
-                   top_k: int, top_p: float, top: int) -> np.ndarray:
-    """Bars of the tempered distribution (grey where top-k/top-p drop the token) with the
-    renormalised probabilities that are actually sampled (blue) on top."""
+                   top_k: int, top_p: float, top: int, log: bool = False) -> np.ndarray:
+    """Bars of the distribution that is sampled from (blue). When top-k or top-p is on, the
+    tempered distribution before the filter is drawn behind it (grey where a token is
+    dropped); without a filter there is only the one distribution. ``log`` puts the
+    probabilities on a log scale (down to :data:`LOG_FLOOR`) so that the tail is visible; the
+    title gives the mass of the tokens not shown."""
     final = sampling_distribution(logits, temperature, top_k, top_p)
-    tempered = (final if temperature == 0
-                else sampling_distribution(logits, temperature, 0, 1.0))
+    filtered = bool(top_k) or top_p < 1
     idx = _top_indices(logits, top)
     x = np.arange(len(idx))
-    ax.bar(x, tempered[idx], color=DROPPED, label="before top-k / top-p")
-    ax.bar(x, final[idx], width=0.55, color=KEPT, label="sampled from")
+    if filtered:
+        tempered = (final if temperature == 0
+                    else sampling_distribution(logits, temperature, 0, 1.0))
+        ax.bar(x, tempered[idx], color=DROPPED, label="before top-k / top-p")
+        ax.bar(x, final[idx], width=0.55, color=KEPT, label="sampled from")
+    else:
+        ax.bar(x, final[idx], color=KEPT, label="sampled from")
     ax.set_xticks(x, [names[i] for i in idx], rotation=60, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(LOG_FLOOR, 1.5)
+    else:
+        ax.set_ylim(0, 1)
     settings = f"T={temperature:g}"
     if top_k:
         settings += f", top-k={top_k}"
     if top_p < 1:
         settings += f", top-p={top_p:g}"
     kept = int((final > 0).sum())
-    ax.set_title(f"{settings}\n{kept} token{'s' * (kept != 1)} possible, "
-                 f"entropy {entropy(final):.2f} bits", fontsize=9)
+    title = (f"{settings}\n{kept} token{'s' * (kept != 1)} possible, "
+             f"entropy {entropy(final):.2f} bits")
+    hidden = len(final) - len(idx)
+    if hidden:
+        title += f"\n{hidden} not shown: p = {float(np.delete(final, idx).sum()):.3f}"
+    ax.set_title(title, fontsize=9)
     return final
 
 
+def _legend_once(fig: Figure, axes: Sequence[Any], **kwargs: Any) -> None:
+    """One legend for the figure with every label used by any of ``axes``, each once."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        axes[-1].legend(list(seen.values()), list(seen), **kwargs)
+
+
 def plot_sampling(logits: Any, labels: Sequence[str], *, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0, top: int = 20) -> Figure:
+                  top_k: int = 0, top_p: float = 1.0, top: int = 20,
+                  log: bool = False) -> Figure:
     """One panel: what temperature, top-k and top-p do to a next-token distribution."""
     arr = _logits_1d(logits)
     names = _labels(labels, arr.size)
     fig = _figure(6.5, 2.8)
     ax = fig.add_subplot()
-    _draw_sampling(ax, arr, names, temperature, top_k, top_p, top)
-    ax.set_ylabel("probability")
+    _draw_sampling(ax, arr, names, temperature, top_k, top_p, top, log)
+    ax.set_ylabel("probability (log scale)" if log else "probability")
     ax.legend(fontsize=8, loc="upper right")
     return fig
 
 
 def plot_sampling_settings(logits: Any, labels: Sequence[str],
                            settings: Sequence[tuple[float, int, float]], *,
-                           top: int = 12) -> Figure:
+                           top: int = 12, log: bool = False) -> Figure:
     """The same next-token distribution under several ``(temperature, top_k, top_p)``
-    settings, one panel each (see :func:`plot_sampling` for what the bars mean)."""
+    settings, one panel each (see :func:`plot_sampling` for what the bars mean); ``log``
+    puts the probabilities on a log scale, which shows the tail."""
     arr = _logits_1d(logits)
     names = _labels(labels, arr.size)
     if isinstance(settings, str) or not settings or any(
             not isinstance(x, tuple | list) or len(x) != 3 for x in settings):
         raise ValueError("settings must be a non-empty sequence of (temperature, top_k, top_p) "
                          f"triples, got {settings!r}")
-    fig = _figure(2.5 * len(settings) + 0.4, 2.9)
+    fig = _figure(2.5 * len(settings) + 0.4, 3.1)
     axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)[0]
     for ax, (t, k, p) in zip(axes, settings, strict=True):
-        _draw_sampling(ax, arr, names, float(t), int(k), float(p), top)
-    axes[0].set_ylabel("probability")
-    axes[-1].legend(fontsize=7, loc="upper right")
+        _draw_sampling(ax, arr, names, float(t), int(k), float(p), top, log)
+    axes[0].set_ylabel("probability (log scale)" if log else "probability")
+    _legend_once(fig, axes, fontsize=7, loc="upper right")
     return fig
 
 
 def plot_temperatures(logits: Any, labels: Sequence[str], *,
                       temperatures: Sequence[float] = (0.0, 0.5, 1.0, 1.5), top_k: int = 0,
-                      top_p: float = 1.0, top: int = 12) -> Figure:
-    """The same next-token distribution at several temperatures, one panel each."""
+                      top_p: float = 1.0, top: int = 12, log: bool = True) -> Figure:
+    """The same next-token distribution at several temperatures, one panel each; on a log
+    scale by default, where the tail that temperature lifts or flattens is visible."""
     if isinstance(temperatures, str) or not temperatures:
         raise ValueError(f"temperatures must be a non-empty sequence, got {temperatures!r}")
     return plot_sampling_settings(logits, labels, [(t, top_k, top_p) for t in temperatures],
-                                  top=top)
+                                  top=top, log=log)
 
 
 def _attention_array(attention: Any) -> np.ndarray:
@@ -229,14 +260,40 @@ def _attention_array(attention: Any) -> np.ndarray:
     return arr
 
 
+def _marks_legend(marks: dict[int, str], names: list[str],
+                  mark_labels: dict[str, str] | None) -> list[Any]:
+    """Legend handles for the bar colours: each mark colour (named by ``mark_labels[colour]``,
+    else by its tokens) and the unmarked tokens."""
+    from matplotlib.patches import Patch
+
+    labels = dict(mark_labels or {})
+    handles = []
+    for colour in dict.fromkeys(marks.values()):
+        tokens = ", ".join(repr(names[i]) for i, c in marks.items() if c == colour)
+        handles.append(Patch(color=colour, label=labels.get(colour, tokens)))
+    handles.append(Patch(color=KEPT, label=labels.get(KEPT, "other tokens")))
+    return handles
+
+
+def _check_mark_labels(mark_labels: Any) -> None:
+    if mark_labels is not None and (not isinstance(mark_labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in mark_labels.items())):
+        raise ValueError("mark_labels must map colours to legend labels (str to str), got "
+                         f"{mark_labels!r}")
+
+
 def plot_attention_from(attention: Any, tokens: Sequence[str], query: int, *,
-                        marks: dict[int, str] | None = None, title: str = "") -> Figure:
+                        marks: dict[int, str] | None = None,
+                        mark_labels: dict[str, str] | None = None, title: str = "") -> Figure:
     """Attention weights from one query position, one bar chart per layer (rows) and head
-    (columns). ``marks`` maps key positions to a colour, e.g. the referent in red."""
+    (columns). ``marks`` maps key positions to a colour, e.g. the referent in red;
+    ``mark_labels`` maps a colour to what it means in the legend (e.g. ``"referent"``;
+    by default the marked tokens themselves)."""
     att = _attention_array(attention)
     L, H, T, _ = att.shape
     names = _labels(tokens, T)
     check_int("query", query, min=0, max=T - 1)
+    _check_mark_labels(mark_labels)
     marks = marks or {}
     fig = _figure(min(2.3 * H + 0.8, 11.0), 1.6 * L + 0.9)
     axes = fig.subplots(L, H, sharex=True, sharey=True, squeeze=False)
@@ -252,6 +309,9 @@ def plot_attention_from(attention: Any, tokens: Sequence[str], query: int, *,
                 ax.set_xticks(x, names[: query + 1], rotation=70, ha="right", fontsize=7)
         axes[layer, 0].set_ylabel("weight", fontsize=8)
     fig.suptitle(title or f"attention from {names[query]!r}", fontsize=10)
+    fig.legend(handles=_marks_legend(marks, names, mark_labels), loc="lower center",
+               ncol=len(set(marks.values())) + 1, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.08))
     return fig
 
 
@@ -264,15 +324,19 @@ def plot_attention_heatmaps(attention: Any, tokens: Sequence[str], *,
     rows = list(range(L)) if layers is None else [int(i) for i in layers]
     if not rows or any(not 0 <= r < L for r in rows):
         raise ValueError(f"layers must name layers in [0, {L}), got {layers!r}")
-    fig = _figure(min(2.6 * H + 0.6, 11.0), 2.6 * len(rows) + 0.6)
+    fig = _figure(min(2.6 * H + 1.2, 11.6), 2.6 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), H, squeeze=False)
     for r, layer in enumerate(rows):
         for head in range(H):
             ax = axes[r, head]
-            ax.imshow(att[layer, head], vmin=0, vmax=1, cmap="Blues")
+            image = ax.imshow(att[layer, head], vmin=0, vmax=1, cmap="Blues")
             ax.set_title(f"layer {layer}, head {head}", fontsize=8)
             ax.set_xticks(range(T), names, rotation=90, fontsize=6)
             ax.set_yticks(range(T), names if head == 0 else [""] * T, fontsize=6)
+        axes[r, 0].set_ylabel("query (reads)", fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("key (is read)", fontsize=7)
+    fig.colorbar(image, ax=list(axes.ravel()), label="attention weight", shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -359,11 +423,14 @@ class AttentionExplorer:
 
     ``attention[i]`` is the ``[L, H, T, T]`` attention of sentence ``i`` (or a list of per-layer
     arrays), ``tokens[i]`` its token strings, ``queries[i]`` the query position and
-    ``marks[i]`` optional colours for key positions. :attr:`weights` holds the bars shown.
+    ``marks[i]`` optional colours for key positions, named in the legend by ``mark_labels``
+    (colour to label, as in :func:`plot_attention_from`). :attr:`weights` holds the bars
+    shown.
     """
 
     def __init__(self, attention: Sequence[Any], tokens: Sequence[Sequence[str]],
                  queries: Sequence[int], *, marks: Sequence[dict[int, str]] | None = None,
+                 mark_labels: dict[str, str] | None = None,
                  titles: Sequence[str] | None = None):
         import ipywidgets as widgets
 
@@ -380,6 +447,8 @@ class AttentionExplorer:
                 raise ValueError(f"queries[{i}] must be in [0, {len(t)}), got {q!r}")
         self.queries = [int(q) for q in queries]
         self.marks = [dict(m) for m in marks] if marks is not None else [{}] * len(tokens)
+        _check_mark_labels(mark_labels)
+        self.mark_labels = mark_labels
         self.titles = (list(titles) if titles is not None
                        else [" ".join(t).strip() for t in self.tokens])
         L, H = self.attention[0].shape[:2]
@@ -403,16 +472,22 @@ class AttentionExplorer:
         q = self.queries[i]
         fig = _figure(9.0, 3.2)
         left, right = fig.subplots(1, 2, width_ratios=[1, 1.3])
-        left.imshow(att, vmin=0, vmax=1, cmap="Blues")
+        image = left.imshow(att, vmin=0, vmax=1, cmap="Blues")
+        fig.colorbar(image, ax=left, label="attention weight", fraction=0.046, pad=0.04)
         left.axhline(q, color=HIGHLIGHT, lw=0.8)
         left.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
         left.set_yticks(range(len(names)), names, fontsize=7)
         left.set_title(f"layer {layer}, head {head}: all queries", fontsize=9)
+        left.set_xlabel("key (is read)", fontsize=8)
+        left.set_ylabel("query (reads)", fontsize=8)
         x = np.arange(q + 1)
         right.bar(x, att[q, : q + 1], color=[self.marks[i].get(int(j), KEPT) for j in x])
         right.set_xticks(x, names[: q + 1], rotation=60, ha="right", fontsize=8)
         right.set_ylim(0, 1)
         right.set_title(f"weights from {names[q]!r}", fontsize=9)
+        right.set_ylabel("attention weight", fontsize=8)
+        right.legend(handles=_marks_legend(self.marks[i], names, self.mark_labels),
+                     fontsize=7, loc="best")
         return fig
 
     def update(self) -> None:

@@ -11,6 +11,7 @@ from conftest import count_compiles
 from jaxllm.sample import (
     WINDOW_KEEP,
     generate,
+    generate_recompute,
     generate_text,
     sample_logits,
     softmax_with_temperature,
@@ -109,6 +110,52 @@ def test_generate_text_round_trip(trained_tiny):
     text = generate_text(model, tok, "the cat", N, temperature=0)
     assert len(text) == N
     assert set(text) <= set(tok.chars)
+
+
+# Three prompts of one length (generate_recompute does not pad), long enough that N new tokens
+# run past the context of 32: both tests below share one compiled loop.
+SAME_LENGTH = ("the dog sat on the log. ", "a cat sat on the mat. th", "the log was wet. the cat")
+
+
+def test_recompute_loop_greedy_equals_generate_and_the_reference(trained_tiny):
+    """generate_recompute (no cache) writes the tokens generate (KV cache) writes, greedily,
+    while the sequence fits in the context; past it, it slides its window by one token."""
+    model, tok, _ = trained_tiny
+    ctx = model.cfg.context_length
+    prompts = [tok.encode(t) for t in SAME_LENGTH]
+    fits = ctx - len(prompts[0])
+    assert 0 < fits < N
+    recomputed = generate_recompute(model, prompts, N, temperature=0)
+    cached = generate(model, prompts, N, temperature=0)
+    assert [r[:fits] for r in recomputed] == [c[:fits] for c in cached]
+    assert len({tuple(r) for r in recomputed}) == 3
+    # Beyond the context: each step reads the logits of the last context_length tokens.
+    apply = jax.jit(lambda x: model(x))
+    for p, r in zip(prompts, recomputed, strict=True):
+        toks = p + r
+        for t in range(ctx + 1, len(toks)):
+            assert int(jnp.argmax(apply(jnp.asarray([toks[t - ctx:t]]))[0, -1])) == toks[t]
+
+
+def test_recompute_loop_samples_from_the_key_and_checks_its_arguments(trained_tiny):
+    model, tok, _ = trained_tiny
+    p = [tok.encode(t) for t in SAME_LENGTH]
+    a = generate_recompute(model, p, N, temperature=1.5, seed=3)
+    assert a == generate_recompute(model, p, N, temperature=1.5, key=jax.random.key(3))
+    assert a != generate_recompute(model, p, N, temperature=1.5, seed=4)
+    assert a != generate_recompute(model, p, N, temperature=0)
+    # Lengths are traced: another prompt length or count of new tokens that fits in the
+    # context reuses the compiled loop.
+    generate_recompute(model, [tok.encode("the")], 5, temperature=0)
+    with count_compiles() as compiles:
+        generate_recompute(model, [tok.encode("a cat")], 9, temperature=0.5)
+    assert compiles == []
+    with pytest.raises(ValueError, match="same length"):
+        generate_recompute(model, [tok.encode("the"), tok.encode("a")], 5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_recompute(model, p, 0)
+    with pytest.raises(ValueError, match="temperature"):
+        generate_recompute(model, p, 5, temperature=-1.0)
 
 
 # -- filters and the sampler ------------------------------------------------------------

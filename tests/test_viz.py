@@ -79,10 +79,21 @@ def test_plot_temperatures_has_one_panel_per_temperature():
     fig = viz.plot_temperatures(LOGITS, LABELS, temperatures=(0.0, 0.5, 1.0, 1.5), top=6)
     assert len(fig.axes) == 4
     assert "1 token possible" in fig.axes[0].get_title()
-    # In each panel the blue bars (what is sampled from) sum to at most 1.
-    for ax in fig.axes:
-        blue = [p.get_height() for p in ax.patches][6:]
-        assert 0.5 < sum(blue) <= 1.0 + 1e-6
+    for ax, t in zip(fig.axes, (0.0, 0.5, 1.0, 1.5), strict=True):
+        # No top-k or top-p: one bar per shown token (no grey "before" bars), log scale.
+        heights = [p.get_height() for p in ax.patches]
+        assert len(heights) == 6
+        probs = viz.sampling_distribution(LOGITS, t)
+        np.testing.assert_allclose(heights, np.sort(probs)[::-1][:6], rtol=1e-5, atol=1e-12)
+        assert ax.get_yscale() == "log" and ax.get_ylim()[0] == pytest.approx(viz.LOG_FLOOR)
+        # The title gives the mass of the two tokens not shown.
+        assert f"2 not shown: p = {np.sort(probs)[:2].sum():.3f}" in ax.get_title()
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert labels == ["sampled from"]  # no grey "before top-k / top-p" bars to explain
+    assert fig.axes[0].get_ylabel() == "probability (log scale)"
+    linear = viz.plot_temperatures(LOGITS, LABELS, temperatures=(1.0,), top=8, log=False)
+    assert linear.axes[0].get_yscale() == "linear"
+    assert "not shown" not in linear.axes[0].get_title()
 
 
 def test_plot_sampling_settings_greys_out_filtered_tokens():
@@ -96,6 +107,17 @@ def test_plot_sampling_settings_greys_out_filtered_tokens():
         viz.plot_sampling_settings(LOGITS, LABELS, [(1.0, 2)])
 
 
+def test_plot_sampling_settings_legend_names_each_kind_of_bar_once():
+    # The unfiltered panel comes last: its legend must still explain the grey bars of the
+    # filtered panels, and name each kind of bar once.
+    fig = viz.plot_sampling_settings(LOGITS, LABELS, [(1.0, 3, 1.0), (1.0, 0, 0.9),
+                                                      (1.0, 0, 1.0)], top=8)
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert labels == ["before top-k / top-p", "sampled from"]
+    assert len(fig.axes[2].patches) == 8  # unfiltered: no grey bars behind
+    assert len(fig.axes[0].patches) == 16
+
+
 def test_plot_attention_from_has_a_panel_per_layer_and_head():
     att = _attention(L=2, H=3, T=6)
     fig = viz.plot_attention_from(att, list("abcdef"), 4, marks={1: viz.HIGHLIGHT})
@@ -107,15 +129,34 @@ def test_plot_attention_from_has_a_panel_per_layer_and_head():
         viz.plot_attention_from(att, list("abcdef"), 6)
     with pytest.raises(ValueError, match="attention"):
         viz.plot_attention_from(att[0], list("abcdef"), 2)
+    with pytest.raises(ValueError, match="mark_labels"):
+        viz.plot_attention_from(att, list("abcdef"), 4, mark_labels={1: "x"})
+
+
+def test_plot_attention_from_has_a_legend_for_every_colour():
+    att = _attention(L=1, H=2, T=6)
+    marks = {1: viz.HIGHLIGHT, 3: "#7f7f7f"}
+    fig = viz.plot_attention_from(att, list("abcdef"), 4, marks=marks,
+                                  mark_labels={viz.HIGHLIGHT: "referent"})
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["referent", "'d'", "other tokens"]
+    colours = {tuple(np.round(h.get_facecolor()[:3], 3)) for h in legend.legend_handles}
+    bars = {tuple(np.round(p.get_facecolor()[:3], 3)) for ax in fig.axes for p in ax.patches}
+    assert bars <= colours  # every colour on the bars is explained
 
 
 def test_plot_attention_heatmaps_accepts_model_output_layout():
     att = _attention(L=2, H=2, T=5)
     per_layer = [a[None] for a in att]  # the model's list of [B=1, H, T, T]
     fig = viz.plot_attention_heatmaps(per_layer, list("abcde"))
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 5  # four heads and the colour bar
     np.testing.assert_allclose(fig.axes[3].images[0].get_array(), att[1, 1])
-    assert len(viz.plot_attention_heatmaps(att, list("abcde"), layers=[1]).axes) == 2
+    # Four heatmaps and one colour bar, which explains the colours from 0 to 1.
+    colorbar = fig.axes[4]
+    assert colorbar.get_ylabel() == "attention weight"
+    assert fig.axes[0].images[0].get_clim() == (0, 1)
+    assert len(viz.plot_attention_heatmaps(att, list("abcde"), layers=[1]).axes) == 3
 
 
 def test_sampling_explorer_callbacks_update_the_distribution_and_samples():
@@ -145,8 +186,15 @@ def test_sampling_explorer_callbacks_update_the_distribution_and_samples():
 
 def test_attention_explorer_follows_the_dropdowns():
     atts = [_attention(L=2, H=3, T=6, seed=0), _attention(L=2, H=3, T=4, seed=1)]
-    explorer = viz.AttentionExplorer(atts, [list("abcdef"), list("wxyz")], [5, 2])
+    explorer = viz.AttentionExplorer(atts, [list("abcdef"), list("wxyz")], [5, 2],
+                                     marks=[{1: viz.HIGHLIGHT}, {}],
+                                     mark_labels={viz.HIGHLIGHT: "referent"})
     np.testing.assert_allclose(explorer.weights, atts[0][0, 0, 5])
+    fig = explorer.figure()
+    heatmap, bars = fig.axes[0], fig.axes[1]
+    assert any(ax.get_ylabel() == "attention weight" and not ax.patches for ax in fig.axes[2:])
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["referent", "other tokens"]
+    assert heatmap.images[0].get_clim() == (0, 1)
     explorer.head.value = 2
     explorer.layer.value = 1
     np.testing.assert_allclose(explorer.weights, atts[0][1, 2, 5])
