@@ -470,9 +470,9 @@ def test_the_grader_recognises_the_checks_message():
     assert grade_labs._delegation(None) == ""
 
 
-@pytest.mark.parametrize("lab", list(LAB_QUESTIONS))
+@pytest.mark.parametrize("lab", [*LAB_QUESTIONS, "calling-an-api"])
 def test_student_notebook_has_no_solutions_and_no_hidden_tests(lab):
-    questions = LAB_QUESTIONS[lab][1]
+    questions = LAB_QUESTIONS[lab][1] if lab in LAB_QUESTIONS else ["q1", "q2", "q3"]
     student_text = (LABS / f"{lab}.ipynb").read_text(encoding="utf-8")
     student = nbformat.reads(student_text, as_version=4)
     source = nbformat.read(LABS / "src" / f"{lab}.ipynb", as_version=4)
@@ -1150,3 +1150,160 @@ def test_scaling_lab_solution_full_marks_blank_zero_delegation_zero(graded3):
     reasons = row["reason"].split("; ")
     assert reasons[0].startswith("q1 0/4: not your own code: ") and "jaxllm.losses" in reasons[0]
     assert reasons[1].startswith("q3 0/4: not your own code: ") and "polyfit" in reasons[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The API lab (11.6): requests, streams and costs, checked against jaxllm serve; only the
+# student's own code scores (jaxllm.serve and, in q2, the openai client's stream accumulator
+# are banned)
+
+API = "calling-an-api"
+API_QUESTIONS = ["q1", "q2", "q3"]
+# The parameters of its tests that are not graded: the notebook's model and tokenizer, from
+# which the tests start a server of their own.
+API_CONTEXT = ("model", "tokenizer")
+API_BANNED = {"q1": "serve", "q2": "serve, _completions", "q3": "serve"}
+
+# Answer cells that let others do the work: a check through the server's own code (q1), the
+# openai client's accumulator (q2, which would pass every test without the check), and a
+# getattr detour into jaxllm.serve that only the run-time check sees (q3).
+API_DELEGATING = {
+    "def chat_request": '''
+from jaxllm import serve
+
+
+def chat_request(model, user, system=None, temperature=1.0, max_tokens=64):
+    assert serve._is_number(temperature) and serve._is_int(max_tokens)
+    messages = [{"role": "system", "content": system}] if system else []
+    return {"model": model, "messages": [*messages, {"role": "user", "content": user}],
+            "temperature": float(temperature), "max_tokens": int(max_tokens)}
+''',
+    "def assemble_stream": '''
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
+
+
+def assemble_stream(chunks):
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    final = state.get_final_completion()
+    usage = final.usage.model_dump(exclude_none=True) if final.usage else None
+    return final.choices[0].message.content or "", final.choices[0].finish_reason, usage
+''',
+    "def request_cost": '''
+import importlib
+
+
+def request_cost(usage, price_in, price_out):
+    check = getattr(importlib.import_module("jaxllm." + "serve"), "_is_" + "number")
+    assert check(price_in) and check(price_out)
+    n_in = usage.get("prompt_tokens", usage.get("input_tokens"))
+    n_out = usage.get("completion_tokens", usage.get("output_tokens"))
+    return (n_in * price_in + n_out * price_out) / 1e6
+
+
+def total_cost(usages, price_in, price_out):
+    return sum(request_cost(u, price_in, price_out) for u in usages)
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def api_assigned(tmp_path_factory):
+    return assign_labs.assign_lab(LABS / "src" / f"{API}.ipynb",
+                                  tmp_path_factory.mktemp("api-dist"))
+
+
+@pytest.fixture(scope="module")
+def api_graded(api_assigned, tmp_path_factory):
+    """Grade the API lab: its solution, the blank notebook and a delegating one."""
+    folder = tmp_path_factory.mktemp("api-submissions")
+    filled = _answers_filled_in(api_assigned, len(API_QUESTIONS))
+    nbformat.write(filled, folder / "solution.ipynb")
+    shutil.copyfile(api_assigned.student_notebook, folder / "blank.ipynb")
+    delegating = filled
+    for start, source in API_DELEGATING.items():
+        delegating = _replace_answer(delegating, start, source.strip())
+    nbformat.write(delegating, folder / "delegating.ipynb")
+    start = time.monotonic()
+    rows, text = _grade_cli(folder, api_assigned.autograder_zip, folder / "grades.csv",
+                            "--timeout", "600", "--jobs", "2")
+    print(f"\ngraded {len(rows)} notebooks in {time.monotonic() - start:.1f} s:\n{text}")
+    return rows
+
+
+def test_calling_an_api_regenerating_changes_nothing_committed(api_assigned):
+    committed = LABS / f"{API}.ipynb"
+    assert committed.read_bytes() == api_assigned.student_notebook.read_bytes(), (
+        "labs/ is stale: run python scripts/assign_labs.py")
+
+
+def test_calling_an_api_questions_have_public_and_hidden_tests(api_assigned):
+    _, questions = grade_labs.read_questions(api_assigned.autograder_zip)
+    assert [q.name for q in questions] == API_QUESTIONS
+    for q in questions:
+        hidden = list(q.hidden.values())
+        assert any(hidden) and not all(hidden), q.name
+        assert q.possible == len(hidden) == 4
+
+
+def test_calling_an_api_tests_check_first_that_the_functions_are_the_students_own():
+    """As for the other labs: each test starts by passing every function it grades through
+    ``labcheck.own_code`` with the banned modules of its question; its other parameters are
+    only the notebook's model and tokenizer (never rebound)."""
+    nb = nbformat.read(LABS / "src" / f"{API}.ipynb", as_version=4)
+    question, seen = None, {}
+    for cell in nb.cells:
+        if cell.cell_type == "raw" and cell.source.startswith("# BEGIN QUESTION"):
+            question = re.search(r"name: (q\d+)", cell.source).group(1)
+        if cell.cell_type != "code" or "# BEGIN TEST CONFIG" not in cell.source:
+            continue
+        function = _test_function(cell)
+        params = [a.arg for a in function.args.args]
+        graded = [p for p in params if p not in API_CONTEXT]
+        assert graded and params == graded + [p for p in API_CONTEXT if p in params], params
+        body = [ast.unparse(s) for s in function.body]
+        assert body[0] == "from jaxllm import labcheck, serve", function.name
+        checks = [s for s in body[1:] if not s.startswith(("from ", "import "))][:len(graded)]
+        assert checks == [f"{p} = labcheck.own_code({p}, {API_BANNED[question]})"
+                          for p in graded], function.name
+        if "_completions" in API_BANNED[question]:
+            assert "from openai.lib.streaming.chat import _completions" in body[:3]
+        rebound = {n.id for n in ast.walk(function)
+                   if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        assert not rebound & set(API_CONTEXT), function.name
+        seen[question] = seen.get(question, 0) + 1
+    assert seen == {q: 4 for q in API_QUESTIONS}
+
+
+def _api_scores(row) -> list[float]:
+    return [float(row[q]) for q in API_QUESTIONS]
+
+
+@pytest.mark.slow
+def test_calling_an_api_solution_scores_full_marks(api_graded):
+    row = api_graded["solution"]
+    assert _api_scores(row) == [4, 4, 4] and float(row["total"]) == 12
+    assert row["reason"] == ""
+
+
+@pytest.mark.slow
+def test_calling_an_api_blank_notebook_scores_zero(api_graded):
+    row = api_graded["blank"]
+    assert _api_scores(row) == [0, 0, 0] and float(row["total"]) == 0
+    assert row["reason"].split("; ") == [f"q{i} 0/4: all tests failed" for i in (1, 2, 3)]
+
+
+@pytest.mark.slow
+def test_calling_an_api_delegating_scores_zero_on_those_questions(api_graded):
+    row = api_graded["delegating"]
+    assert _api_scores(row) == [0, 0, 0] and float(row["total"]) == 0
+    reasons = row["reason"].split("; ")
+    assert len(reasons) == 3, reasons
+    for q, reason in zip(API_QUESTIONS, reasons, strict=True):
+        assert reason.startswith(f"{q} 0/4: not your own code: "), reason
+    assert "uses the module serve (jaxllm.serve)" in reasons[0], reasons[0]
+    assert "openai.lib.streaming.chat._completions.ChatCompletionStreamState" in reasons[1], (
+        reasons[1])
+    assert "calls jaxllm.serve._is_number" in reasons[2], reasons[2]
