@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every check of the project, in order, and print a summary table at the end:
 #   1. lint            ruff check .
-#   2. unit tests      pytest tests -m "not browser and not packaging and not integration"
+#   2. unit tests      pytest tests -m "not browser and not packaging and not integration", in two
+#                      processes (pytest-xdist; a test file stays in one process)
 #   3. integration     whole programs in subprocesses: the CLI, multi-device and multi-process
 #                      training, lab grading, the GPU benchmark at toy size, malloc counters
 #   4. packaging       the wheel and the Colab install cell in fresh virtual environments
@@ -55,6 +56,7 @@ skip_step() {
 
 run_step "lint (ruff)" "$PYTHON" -m ruff check .
 run_step "unit tests" "$PYTHON" -m pytest tests -m "not browser and not packaging and not integration" \
+  -n 2 --dist loadfile \
   -q --durations=10
 run_step "integration" "$PYTHON" -m pytest tests -m integration -q --durations=10 \
   -p no:cacheprovider
