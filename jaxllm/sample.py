@@ -111,6 +111,23 @@ def _positions(valid: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def _prompt_pass(model: GPT, prompt: jax.Array, prompt_valid: jax.Array, cache_len: int):
+    """Run the (left-padded) prompts through ``model`` into a new KV cache of ``cache_len``
+    slots: the logits, the filled cache and which of its slots hold real tokens. A sliding-window
+    model's rolling cache is masked by the positions it stores, so its validity starts empty and
+    ``valid`` describes the new tokens only."""
+    B, P = prompt.shape
+    rolling = model.cfg.sliding_window is not None
+    cache = init_cache(model.cfg, B, cache_len)
+    cache_valid = jnp.zeros((B, cache.k.shape[2]), bool)
+    if not rolling:
+        cache_valid = cache_valid.at[:, :P].set(prompt_valid)
+    logits, extras = model(prompt, positions=_positions(prompt_valid),
+                           valid=prompt_valid if rolling else cache_valid,
+                           cache=cache, cache_index=0)
+    return logits, extras["cache"], cache_valid
+
+
 @partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "cache_len", "hook"))
 def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top_p,
             stop_token, *, max_new_tokens: int, cache_len: int, hook: LogitsHook | None):
@@ -131,15 +148,9 @@ def _decode(graphdef, params, prompt, prompt_valid, key, temperature, top_k, top
     buf = jnp.concatenate([prompt, jnp.zeros((B, N), jnp.int32)], axis=1)
     buf_valid = jnp.concatenate([prompt_valid, jnp.zeros((B, N), bool)], axis=1)
 
-    cache = init_cache(cfg, B, S)
+    logits, cache, cache_valid = _prompt_pass(model, prompt, prompt_valid, S)
     S = cache.k.shape[2]  # a rolling cache may be shorter than asked
-    cache_valid = jnp.zeros((B, S), bool)
-    if not rolling:
-        cache_valid = cache_valid.at[:, :P].set(prompt_valid)
-    logits, extras = model(prompt, positions=_positions(prompt_valid),
-                           valid=prompt_valid if rolling else cache_valid,
-                           cache=cache, cache_index=0)
-    carry = dict(buf=buf, buf_valid=buf_valid, cache=extras["cache"], cache_valid=cache_valid,
+    carry = dict(buf=buf, buf_valid=buf_valid, cache=cache, cache_valid=cache_valid,
                  slot=jnp.int32(P), limit=jnp.int32(S),
                  pos=jnp.sum(prompt_valid, axis=1).astype(jnp.int32),
                  logits=logits[:, -1].astype(jnp.float32), t=jnp.int32(0),
@@ -378,18 +389,9 @@ def unpack_bitmask(bitmask: jax.Array, vocab_size: int) -> jax.Array:
 @partial(jax.jit, static_argnames=("graphdef", "cache_len"))
 def _prefill(graphdef, params, prompt, prompt_valid, *, cache_len: int):
     model = nnx.merge(graphdef, params)
-    cfg = model.cfg
-    B, P = prompt.shape
-    rolling = cfg.sliding_window is not None
-    cache = init_cache(cfg, B, cache_len)
-    S = cache.k.shape[2]
-    cache_valid = jnp.zeros((B, S), bool)
-    if not rolling:
-        cache_valid = cache_valid.at[:, :P].set(prompt_valid)
-    logits, extras = model(prompt, positions=_positions(prompt_valid),
-                           valid=prompt_valid if rolling else cache_valid,
-                           cache=cache, cache_index=0)
-    return dict(cache=extras["cache"], cache_valid=cache_valid, slot=jnp.int32(P),
+    P = prompt.shape[1]
+    logits, cache, cache_valid = _prompt_pass(model, prompt, prompt_valid, cache_len)
+    return dict(cache=cache, cache_valid=cache_valid, slot=jnp.int32(P),
                 pos=jnp.sum(prompt_valid, axis=1).astype(jnp.int32),
                 logits=logits[:, -1].astype(jnp.float32))
 
