@@ -67,6 +67,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-seconds", type=float, default=None,
                    help="seconds of training (default: the run's history; give it when the "
                    "run was interrupted and resumed)")
+    p.add_argument("--time-text", default=None,
+                   help="the card's time row, when the run's time is not one measured figure "
+                   "(e.g. an interrupted run resumed in another session)")
     p.add_argument("--n", type=int, default=None,
                    help="evaluate only the first N items of each slice (default: all)")
     args = p.parse_args(argv)
@@ -147,7 +150,7 @@ m = jaxllm.load_pretrained("world-base")   # m.model, m.tokenizer, m.card; no tr
 | tokenizer | byte-level BPE with {pre.tokenizer.vocab_size} ids (256 bytes, merges, and the chat format's 5 special tokens), trained on the training part of the corpus |
 | model | {mcfg["n_layer"]} layers, {mcfg["n_head"]} heads, width {mcfg["d_model"]}, context {mcfg["context_length"]} tokens, learned positions, GELU MLP, tied embeddings |
 | training | {step} steps of {tcfg["batch_size"]} x {mcfg["context_length"]} tokens: **{tokens_seen:,} tokens seen** (about {tokens_seen / n_tokens:.1f} passes); AdamW, peak learning rate {tcfg["learning_rate"]}, warmup {tcfg["warmup_steps"]}, cosine to {tcfg["min_learning_rate"]} |
-| time | {seconds / 60:.0f} minutes on a 2-core CPU shared with other jobs ({args.load}); {tokens_seen / seconds:,.0f} tokens/s |
+| time | {args.time_text or f"{seconds / 60:.0f} minutes on a 2-core CPU shared with other jobs ({args.load}); {tokens_seen / seconds:,.0f} tokens/s"} |
 | stored | bfloat16 safetensors; the evaluation below is of the stored weights |
 
 ## Training curve

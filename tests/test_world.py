@@ -229,6 +229,10 @@ def test_scorer():
     lo, hi = W.wilson_interval(90, 100)
     assert 0.82 < lo < 0.83 and 0.94 < hi < 0.95
     assert W.wilson_interval(0, 10)[0] == 0.0
+    for k, n in ((100, 100), (0, 100), (3, 3), (1, 7)):  # the interval holds the rate exactly
+        lo, hi = W.wilson_interval(k, n)
+        assert lo <= k / n <= hi
+    assert W.wilson_interval(100, 100)[1] == 1.0
 
 
 def test_bad_arguments_are_named():
