@@ -1045,7 +1045,7 @@ def plot_icl(results: Mapping[str, FamilyResult], path: str | os.PathLike | None
     ax.set_ylabel("exact-match accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("In-context learning (95% Wilson intervals)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)
