@@ -112,7 +112,7 @@ def _train_config(steps: int, batch_size: int, learning_rate: float, seed: int,
     lr = check_number("learning_rate", learning_rate, low=0.0, low_open=True)
     return TrainConfig(steps=steps, batch_size=check_int("batch_size", batch_size, min=1),
                        learning_rate=lr, min_learning_rate=lr / 10, warmup_steps=warmup,
-                       weight_decay=0.0, eval_interval=steps, eval_batches=1,
+                       weight_decay=0.0, eval_interval=max(1, steps // 10), eval_batches=1,
                        seed=check_int("seed", seed, min=0))
 
 
