@@ -421,6 +421,26 @@ class PipelineConfig:
     batch_size: int = 16
     max_new_tokens: int = 48
 
+    def __post_init__(self) -> None:
+        # Every figure is checked here, before any step of the pipeline runs.
+        check_int("seed", self.seed, min=0)
+        for name in ("sft_steps", "pair_prompts", "rm_steps", "rl_steps", "prompts_per_step",
+                     "dpo_steps", "judge_prompts", "judge_steps", "batch_size",
+                     "max_new_tokens", "pairs_per_prompt"):
+            check_int(name, getattr(self, name), min=1)
+        check_int("n_abstain", self.n_abstain, min=0)
+        check_int("pair_samples", self.pair_samples, min=2)
+        check_int("group_size", self.group_size, min=2)
+        check_number("noise", self.noise, low=0.0, high=0.5, high_open=True)
+        for name in ("sft_lr", "rm_lr", "rl_lr", "dpo_lr", "judge_lr", "dpo_beta"):
+            check_number(name, getattr(self, name), low=0.0, low_open=True)
+        if self.rl_push_lr is not None:
+            check_number("rl_push_lr", self.rl_push_lr, low=0.0, low_open=True)
+        if not self.rl_betas:
+            raise ValueError("rl_betas must name at least one KL coefficient, got ()")
+        for beta in self.rl_betas:
+            check_number("rl_betas", beta, low=0.0)
+
     def scaled(self, factor: float) -> PipelineConfig:
         check_number("factor", factor, low=0.0, low_open=True)
         from dataclasses import replace

@@ -141,6 +141,15 @@ def test_table_and_config():
     assert cfg.pair_prompts == WC.PipelineConfig().pair_prompts  # only step counts scale
     with pytest.raises(ValueError, match="factor"):
         WC.PipelineConfig().scaled(0)
+    # Bad figures are named before any work is done.
+    with pytest.raises(ValueError, match="rl_steps"):
+        WC.PipelineConfig(rl_steps=0)
+    with pytest.raises(ValueError, match="noise"):
+        WC.PipelineConfig(noise=0.5)
+    with pytest.raises(ValueError, match="rl_betas"):
+        WC.PipelineConfig(rl_betas=())
+    with pytest.raises(ValueError, match="dpo_lr"):
+        WC.PipelineConfig(dpo_lr=-1e-5)
 
 
 @pytest.mark.integration  # about a minute: every step of the pipeline on a tiny model
