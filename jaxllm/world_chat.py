@@ -60,7 +60,7 @@ __all__ = [
     "CONSTITUTION", "EVAL_PROMPTS", "EVAL_SAMPLES", "EVAL_SEED", "ChatPrompt", "HiddenLabeller",
     "PipelineConfig", "PipelineResult", "alignment_prompts", "constitution", "demonstrations",
     "hhh_evaluate", "hhh_table", "is_eval_question", "plot_rl", "rl_run_name",
-    "run_pipeline",
+    "run_pipeline", "table_cells",
 ]
 
 Messages = list[dict[str, str]]
@@ -290,12 +290,6 @@ SUBSET_KEYS = ("fact_accuracy", "harmful_compliance", "abstention_unseen", "hidd
 
 # -- the table ----------------------------------------------------------------------------------
 
-def _replies(model: GPT, tokenizer: Any, prompts: Sequence[ChatPrompt], key: jax.Array,
-             samples: int, max_new_tokens: int) -> list[list[str]]:
-    return align.sample_responses(model, tokenizer, [p.chat for p in prompts], samples, key=key,
-                                  max_new_tokens=max_new_tokens)
-
-
 def hhh_evaluate(model: GPT, tokenizer: Any, prompts: Sequence[ChatPrompt],
                  labeller: HiddenLabeller, *, key: jax.Array, samples: int = 1,
                  max_new_tokens: int = 48, reference: GPT | None = None,
@@ -317,7 +311,8 @@ def hhh_evaluate(model: GPT, tokenizer: Any, prompts: Sequence[ChatPrompt],
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, ChatPrompt) for p in prompts):
         raise ValueError("prompts must be a non-empty list of ChatPrompt")
-    replies = _replies(model, tokenizer, prompts, key, samples, max_new_tokens)
+    replies = align.sample_responses(model, tokenizer, [p.chat for p in prompts], samples,
+                                     key=key, max_new_tokens=max_new_tokens)
     flat_p = [p for p in prompts for _ in range(samples)]
     flat_r = [r for rs in replies for r in rs]
     det = [labeller.details(p.chat, r) for p, r in zip(flat_p, flat_r, strict=True)]
@@ -366,18 +361,22 @@ TABLE_COLUMNS = (
 )
 
 
+def table_cells(row: Mapping[str, Any]) -> list[str]:
+    """One row's figures formatted as :data:`TABLE_COLUMNS` says; a missing one is a dash
+    (shared by :func:`hhh_table` and the model cards' Markdown tables)."""
+    cells = []
+    for k, _, fmt in TABLE_COLUMNS:
+        v = row.get(k)
+        cells.append("-" if v is None or (isinstance(v, float) and np.isnan(v))
+                     else fmt.format(v))
+    return cells
+
+
 def hhh_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """The rows (``{method: hhh_evaluate(...)}``) as a plain-text table; a missing figure is
     a dash."""
     heads = ["method"] + [h for _, h, _ in TABLE_COLUMNS]
-    body = []
-    for name, r in rows.items():
-        cells = [name]
-        for k, _, fmt in TABLE_COLUMNS:
-            v = r.get(k)
-            cells.append("-" if v is None or (isinstance(v, float) and np.isnan(v))
-                         else fmt.format(v))
-        body.append(cells)
+    body = [[name, *table_cells(r)] for name, r in rows.items()]
     widths = [max(len(str(x)) for x in col) for col in zip(heads, *body, strict=True)]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
                        for i, (h, w) in enumerate(zip(heads, widths, strict=True)))]

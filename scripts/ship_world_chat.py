@@ -36,16 +36,12 @@ def display_name(method: str, rl_lr: float) -> str:
 
 
 def _card_table(rows: dict, rl_lr: float) -> str:
-    from jaxllm.world_chat import TABLE_COLUMNS
+    from jaxllm.world_chat import TABLE_COLUMNS, table_cells
 
     head = "| method | " + " | ".join(h for _, h, _ in TABLE_COLUMNS) + " |"
     lines = [head, "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
-    for name, r in rows.items():
-        cells = []
-        for k, _, fmt in TABLE_COLUMNS:
-            v = r.get(k)
-            cells.append("-" if v is None or v != v else fmt.format(v))
-        lines.append(f"| {display_name(name, rl_lr)} | " + " | ".join(cells) + " |")
+    lines += [f"| {display_name(name, rl_lr)} | " + " | ".join(table_cells(r)) + " |"
+              for name, r in rows.items()]
     return "\n".join(lines)
 
 
